@@ -1,0 +1,303 @@
+"""The ``droughtwatch`` command: sample data, the benchmark download, discovery, the demo."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+from droughtwatch_assets.settings import Settings
+from droughtwatch_assets.storage import Store, open_store
+
+log = logging.getLogger("droughtwatch")
+
+
+# ---------------------------------------------------------------------------------------------
+# sample-data
+
+
+def write_shards(store: Store, shards: Iterable, total_records: int, desc: str) -> list[str]:
+    keys = []
+    with tqdm(total=total_records, unit="rec", desc=desc, disable=None) as bar:
+        for shard in shards:
+            store.write_bytes(shard.key, shard.data)
+            keys.append(shard.key)
+            bar.update(shard.records)
+    return keys
+
+
+def cmd_sample_data(args: argparse.Namespace, settings: Settings) -> int:
+    from droughtwatch_assets.core.synthetic import iter_benchmark_shards, iter_drop_shards
+
+    store = open_store(args.dest or settings.data_root, endpoint_url=settings.s3_endpoint_url)
+    keys: list[str] = []
+    if args.train or args.val:
+        keys += write_shards(
+            store,
+            iter_benchmark_shards(
+                train_records=args.train,
+                val_records=args.val,
+                records_per_shard=args.records_per_shard,
+                seed=args.seed,
+            ),
+            args.train + args.val,
+            "train/val",
+        )
+    if args.drops:
+        keys += write_shards(
+            store,
+            iter_drop_shards(
+                drops=args.drops,
+                records_per_drop=args.records_per_drop,
+                start_date=args.start_date,
+                seed=args.seed,
+                labelled=not args.unlabelled_drops,
+            ),
+            args.drops * args.records_per_drop,
+            "drops",
+        )
+    print(f"wrote {len(keys)} shards to {store.uri}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# download
+
+
+def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
+    from droughtwatch_assets.core.download import DownloadError, download_archive, unpack_archive
+
+    store = open_store(args.dest or settings.data_root, endpoint_url=settings.s3_endpoint_url)
+    archive = Path(args.archive or settings.home / "downloads" / Path(args.url).name)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        download_archive(args.url, archive, expected_sha256=args.sha256)
+    except DownloadError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+    def put(key: str, fileobj) -> None:
+        with tempfile.NamedTemporaryFile() as tmp:
+            while chunk := fileobj.read(1 << 20):
+                tmp.write(chunk)
+            tmp.flush()
+            store.upload_file(key, tmp.name)
+
+    keys = unpack_archive(archive, put)
+    print(f"unpacked {len(keys)} shards into {store.uri}; next: droughtwatch discover --materialize")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# discover
+
+
+@dataclass
+class ShardOutcome:
+    key: str
+    ok: bool
+    metadata: dict = field(default_factory=dict)
+    failed_checks: list[str] = field(default_factory=list)
+    warned_checks: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def _instance():
+    import dagster as dg
+
+    settings = Settings.from_env()
+    if not os.environ.get("DAGSTER_HOME"):
+        settings.dagster_home.mkdir(parents=True, exist_ok=True)
+        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    return dg.DagsterInstance.get()
+
+
+def _root_cause(error) -> str:
+    """The innermost error's message: Dagster wraps user errors in its own."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else ""
+
+
+def _metadata_value(value):
+    return getattr(value, "value", value)
+
+
+def materialize_shards(defs, instance, keys: Sequence[str]) -> list[ShardOutcome]:
+    """Run the ingest job for each shard in-process, one partition per run, going on after
+    a failure so that one bad shard never stops the others."""
+    import dagster as dg
+
+    job = defs.resolve_job_def("ingest_job")
+    outcomes = []
+    for key in tqdm(keys, unit="shard", desc="ingest", disable=None):
+        result = job.execute_in_process(
+            partition_key=key, instance=instance, raise_on_error=False,
+            tags={"droughtwatch/trigger": "discover"},
+        )
+        outcome = ShardOutcome(key, result.success)
+        for event in result.get_asset_materialization_events():
+            mat = event.step_materialization_data.materialization
+            name = mat.asset_key.to_user_string()
+            for label, value in mat.metadata.items():
+                outcome.metadata[f"{name}.{label}"] = _metadata_value(value)
+        for evaluation in result.get_asset_check_evaluations():
+            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            if not evaluation.passed:
+                warn = evaluation.severity == dg.AssetCheckSeverity.WARN
+                (outcome.warned_checks if warn else outcome.failed_checks).append(name)
+        if not result.success:
+            outcome.error = "; ".join(
+                _root_cause(e.step_failure_data.error) or e.message or ""
+                for e in result.all_events
+                if e.is_step_failure
+            )
+        outcomes.append(outcome)
+    return outcomes
+
+
+def discover_and_materialize(settings: Settings, *, materialize: bool) -> tuple[list, list, list[ShardOutcome]]:
+    from droughtwatch_assets.defs.ingest.sensors import already_ingested_in
+    from droughtwatch_assets.defs.partitions import shards
+    from droughtwatch_assets.definitions import build_definitions
+    from droughtwatch_assets.discovery import full_scan, unique_keys
+
+    data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
+    lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
+    found, skipped = full_scan(data, already_ingested=already_ingested_in(lake))
+    instance = _instance()
+    keys = unique_keys(found)
+    existing = set(instance.get_dynamic_partitions(shards.name))
+    new = [k for k in keys if k not in existing]
+    if new:
+        instance.add_dynamic_partitions(shards.name, new)
+    outcomes = materialize_shards(build_definitions(settings), instance, keys) if materialize else []
+    return found, skipped, outcomes
+
+
+def print_discovery(found, skipped, outcomes: list[ShardOutcome]) -> None:
+    for key, reason in skipped:
+        print(f"  skipped {key}: {reason}")
+    for f in found:
+        note = f" (re-uploaded, was {f.previous_version})" if f.previous_version else ""
+        print(f"  found {f.key}{note}")
+    print(f"{len(found)} shards to ingest, {len(skipped)} objects skipped")
+    if not outcomes:
+        return
+    print()
+    print(f"{'shard':44} {'status':7} {'in':>5} {'kept':>5} {'blank':>5} {'cloudy':>6} {'NDVI':>6}  checks")
+    for o in outcomes:
+        m = o.metadata
+        ndvi = m.get("spectral_indices.mean_ndvi")
+        checks = ", ".join([f"FAILED {c}" for c in o.failed_checks] + [f"warn {c}" for c in o.warned_checks]) or "all passed"
+        print(
+            f"{o.key:44} {'ok' if o.ok else 'FAILED':7} {m.get('filtered_images.records_in', m.get('raw_tfrecords.records', '-')):>5} "
+            f"{m.get('filtered_images.records_kept', '-'):>5} {m.get('filtered_images.removed_blank', '-'):>5} "
+            f"{m.get('filtered_images.flagged_cloudy', '-'):>6} {'-' if ndvi is None else f'{ndvi:.3f}':>6}  {checks}"
+        )
+        if o.error:
+            print(f"    error: {o.error}")
+    failed = sum(not o.ok for o in outcomes)
+    print(f"{len(outcomes) - failed} shards ingested, {failed} failed")
+
+
+def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
+    found, skipped, outcomes = discover_and_materialize(settings, materialize=args.materialize)
+    print_discovery(found, skipped, outcomes)
+    if found and not args.materialize:
+        print("next: droughtwatch discover --materialize, or start the drop sensor (make dev)")
+    return 1 if any(not o.ok for o in outcomes) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+# demo
+
+
+def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
+    if next(iter(data.list("", limit=1)), None) is None:
+        print(f"generating a sample corpus in {data.uri}")
+        cmd_sample_data(
+            argparse.Namespace(
+                dest=None, train=args.train, val=args.val, records_per_shard=args.records_per_shard,
+                drops=args.drops, records_per_drop=args.records_per_drop,
+                start_date=dt.date(2024, 8, 1), seed=args.seed, unlabelled_drops=False,
+            ),
+            settings,
+        )
+    else:
+        print(f"data root {data.uri} already holds data: discovering what is new")
+    found, skipped, outcomes = discover_and_materialize(settings, materialize=True)
+    print_discovery(found, skipped, outcomes)
+    print()
+    print("where things are:")
+    print(f"  data root        {settings.data_root}")
+    print(f"  lake             {settings.lake}  (raw_tfrecords/, filtered_images/, spectral_indices/)")
+    print(f"  dagster instance {os.environ.get('DAGSTER_HOME')}")
+    print("  UI               make dev  -> http://127.0.0.1:3000 (the drop sensor runs there)")
+    return 1 if any(not o.ok for o in outcomes) else 0
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from droughtwatch_assets.core.download import BENCHMARK_URL
+
+    parser = argparse.ArgumentParser(prog="droughtwatch", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped object")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("sample-data", help="write synthetic shards in the real schema")
+    p.add_argument("--dest", help="local folder or s3:// URI (default: the data root)")
+    p.add_argument("--train", type=int, default=2000, help="train records (default 2000)")
+    p.add_argument("--val", type=int, default=500, help="val records (default 500)")
+    p.add_argument("--records-per-shard", type=int, default=500)
+    p.add_argument("--drops", type=int, default=0, help="dated drops to write (default 0)")
+    p.add_argument("--records-per-drop", type=int, default=250)
+    p.add_argument("--unlabelled-drops", action="store_true", help="drops without labels")
+    p.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2024, 8, 1))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_sample_data)
+
+    p = sub.add_parser("download", help="fetch the real benchmark (2.15 GB) into the data root")
+    p.add_argument("--url", default=BENCHMARK_URL)
+    p.add_argument("--archive", help="where to keep the zip (default: $DROUGHTWATCH_HOME/downloads)")
+    p.add_argument("--sha256", help="expected checksum of the archive")
+    p.add_argument("--dest", help="local folder or s3:// URI (default: the data root)")
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("discover", help="list the data root and ingest what is new or rewritten")
+    p.add_argument("--materialize", action="store_true", help="also run the ingest job for them")
+    p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("demo", help="sample corpus + drops, discover, ingest, summary")
+    p.add_argument("--train", type=int, default=1000)
+    p.add_argument("--val", type=int, default=250)
+    p.add_argument("--records-per-shard", type=int, default=250)
+    p.add_argument("--drops", type=int, default=3)
+    p.add_argument("--records-per-drop", type=int, default=120)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    return args.func(args, Settings.from_env())
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,335 @@
+"""Image stacks as xarray Datasets, and an exact Parquet codec for datasets indexed by image.
+
+One Parquet row per image: 1-D variables are plain columns, N-D ones hold each image's bytes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xarray as xr
+
+from droughtwatch_assets.core.tfrecord import BANDS, IMAGE_SIDE
+
+IMAGE_DIM = "image"
+METADATA_KEY = b"droughtwatch.xarray"
+CODEC_VERSION = 1
+_ARROW_NATIVE_KINDS = "biuf"  # 1-D dtypes stored as ordinary Arrow columns
+
+
+def image_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    ids: np.ndarray,
+    *,
+    cloud_fraction: np.ndarray,
+    cloudy: np.ndarray,
+    attrs: Mapping[str, Any] | None = None,
+) -> xr.Dataset:
+    """Wrap a (n, 11, 65, 65) uint8 stack and its per-image fields as a Dataset.
+
+    Pixels stay uint8: scaling to [0, 1] is the reader's business, so storage stays 1 byte/pixel.
+    """
+    images = np.asarray(images)
+    expected = (len(BANDS), IMAGE_SIDE, IMAGE_SIDE)
+    if images.ndim != 4 or images.shape[1:] != expected or images.dtype != np.uint8:
+        raise ValueError(
+            f"images must be uint8 with shape (n, {', '.join(map(str, expected))}), "
+            f"got {images.dtype} {images.shape}"
+        )
+    n = images.shape[0]
+    per_image = {
+        "labels": np.asarray(labels),
+        "ids": np.asarray(ids),
+        "cloud_fraction": np.asarray(cloud_fraction),
+        "cloudy": np.asarray(cloudy),
+    }
+    for name, values in per_image.items():
+        if values.shape != (n,):
+            raise ValueError(f"{name} must have shape ({n},) to match images, got {values.shape}")
+    if per_image["ids"].dtype.kind != "U":
+        if n:
+            raise ValueError(f"ids must be a unicode array, got dtype {per_image['ids'].dtype}")
+        per_image["ids"] = per_image["ids"].astype(str)  # np.array([]) is float64
+    return xr.Dataset(
+        data_vars={
+            "pixels": ((IMAGE_DIM, "band", "y", "x"), images),
+            "cloud_fraction": (IMAGE_DIM, per_image["cloud_fraction"].astype(np.float32)),
+            "cloudy": (IMAGE_DIM, per_image["cloudy"].astype(bool)),
+        },
+        coords={
+            "band": ("band", np.array(BANDS)),
+            "id": (IMAGE_DIM, per_image["ids"]),
+            "label": (IMAGE_DIM, per_image["labels"].astype(np.int8)),
+        },
+        attrs=dict(attrs or {}),
+    )
+
+
+# --- attrs as JSON, with numpy scalars, arrays and tuples tagged so that they come back as such.
+
+
+def _encode_attr(value: Any, where: str) -> Any:
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "biufcUS":
+            raise TypeError(f"attribute {where}: unsupported array dtype {value.dtype}")
+        return {"__ndarray__": value.dtype.str, "shape": list(value.shape), "data": value.tolist()}
+    if isinstance(value, np.generic):
+        return {"__npscalar__": value.dtype.str, "value": value.item()}
+    if isinstance(value, tuple):
+        return {"__tuple__": [_encode_attr(v, where) for v in value]}
+    if isinstance(value, list):
+        return [_encode_attr(v, where) for v in value]
+    if isinstance(value, dict):
+        if not all(isinstance(k, str) for k in value):
+            raise TypeError(f"attribute {where}: dict keys must be strings")
+        return {k: _encode_attr(v, f"{where}.{k}") for k, v in value.items()}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"attribute {where}: cannot store {type(value).__name__} in Parquet metadata")
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_decode_attr(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    if "__ndarray__" in value:
+        dtype = np.dtype(value["__ndarray__"])
+        return np.array(value["data"], dtype=dtype).reshape(value["shape"])
+    if "__npscalar__" in value:
+        return np.dtype(value["__npscalar__"]).type(value["value"])
+    if "__tuple__" in value:
+        return tuple(_decode_attr(v) for v in value["__tuple__"])
+    return {k: _decode_attr(v) for k, v in value.items()}
+
+
+def _encode_attrs(attrs: Mapping[Hashable, Any], where: str) -> dict[str, Any]:
+    for key in attrs:
+        if not isinstance(key, str):
+            raise TypeError(f"attribute names must be strings, got {key!r} on {where}")
+    return {str(k): _encode_attr(v, f"{where}.{k}") for k, v in attrs.items()}
+
+
+def _decode_attrs(attrs: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: _decode_attr(v) for k, v in attrs.items()}
+
+
+# --- the codec
+
+
+def _split_labels(ds: xr.Dataset, var: xr.Variable) -> list[str] | None:
+    """Per-coordinate column labels along the variable's second dimension, if it has a coordinate.
+
+    Separate columns per band compress better: each column then holds one band's statistics.
+    """
+    if var.ndim < 2 or var.dims[1] not in ds.indexes:
+        return None
+    labels = [str(v) for v in ds.indexes[var.dims[1]]]
+    return labels if len(set(labels)) == len(labels) else None
+
+
+def _fixed_size_column(values: np.ndarray) -> pa.Array:
+    """One fixed-size-binary cell per image, holding the image's C-order bytes (zero copy)."""
+    values = np.ascontiguousarray(values)
+    n = values.shape[0]
+    width = values.itemsize * (values.size // n if n else int(np.prod(values.shape[1:])))
+    if width == 0:
+        raise ValueError("cannot store variables with a zero-sized non-image dimension")
+    return pa.FixedSizeBinaryArray.from_buffers(
+        pa.binary(width), n, [None, pa.py_buffer(values.reshape(-1).view(np.uint8))]
+    )
+
+
+def _from_fixed_size_column(column: pa.ChunkedArray, dtype: np.dtype, tail: Sequence[int]):
+    array = column.combine_chunks()
+    n = len(array)
+    width = array.type.byte_width
+    if n == 0:
+        return np.empty((0, *tail), dtype=dtype)
+    raw = np.frombuffer(
+        array.buffers()[1], dtype=np.uint8, count=n * width, offset=array.offset * width
+    )
+    return raw.view(dtype).reshape(n, *tail)
+
+
+def _native_column(values: np.ndarray, name: str) -> pa.Array:
+    kind = values.dtype.kind
+    if kind == "U":
+        return pa.array(values, type=pa.string())
+    if kind == "S":
+        return pa.array(values, type=pa.binary())
+    if kind in _ARROW_NATIVE_KINDS:
+        # Arrow rejects byte-swapped arrays; the stored dtype restores the byte order on read.
+        return pa.array(values.astype(values.dtype.newbyteorder("="), copy=False))
+    raise TypeError(f"variable {name!r}: dtype {values.dtype} cannot be stored as a 1-D column")
+
+
+def _from_native_column(column: pa.ChunkedArray, dtype: np.dtype) -> np.ndarray:
+    if len(column) == 0:
+        return np.empty(0, dtype=dtype)
+    values = column.to_numpy(zero_copy_only=False)
+    return np.asarray(values, dtype=dtype)
+
+
+def dataset_to_parquet(
+    ds: xr.Dataset, *, compression: str = "zstd", compression_level: int | None = 1
+) -> bytes:
+    """Encode a dataset whose variables and coordinates all start with the `image` dimension.
+
+    Coordinates without the `image` dimension (such as `band`) go, with dtypes, dims, shapes and
+    all attrs, into the Arrow schema metadata, so `dataset_from_parquet` gives back an identical
+    dataset. An N-D variable whose second dimension has a coordinate is split into one column per
+    coordinate value (`pixels/B1` ... `pixels/B11`).
+    """
+    n = ds.sizes.get(IMAGE_DIM, 0)
+    columns: dict[str, pa.Array] = {}
+    static_coords: dict[str, Any] = {}
+    variables: list[dict[str, Any]] = []
+    for role, mapping in (("coord", ds.coords), ("data", ds.data_vars)):
+        for name, array in mapping.items():
+            if not isinstance(name, str):
+                raise TypeError(f"variable names must be strings, got {name!r}")
+            var = array.variable
+            if not var.dims or var.dims[0] != IMAGE_DIM:
+                if role == "data":
+                    raise ValueError(
+                        f"data variable {name!r} has dims {var.dims}; every data variable "
+                        f"must have {IMAGE_DIM!r} as its first dimension"
+                    )
+                if IMAGE_DIM in var.dims:
+                    raise ValueError(f"coordinate {name!r} has {IMAGE_DIM!r} but not first")
+                values = var.values
+                static_coords[name] = {
+                    "dims": list(var.dims),
+                    "value": _encode_attr(values, name),
+                    "attrs": _encode_attrs(var.attrs, name),
+                }
+                continue
+            values = var.values
+            entry: dict[str, Any] = {
+                "name": name,
+                "role": role,
+                "dims": list(var.dims),
+                "dtype": values.dtype.str,
+                "tail": list(values.shape[1:]),
+                "attrs": _encode_attrs(var.attrs, name),
+            }
+            if var.ndim == 1:
+                entry["columns"] = [name]
+                columns[name] = _native_column(values, name)
+            else:
+                if values.dtype.kind == "O":
+                    raise TypeError(f"variable {name!r}: object arrays cannot be stored")
+                labels = _split_labels(ds, var)
+                if labels is None:
+                    entry["columns"] = [name]
+                    columns[name] = _fixed_size_column(values)
+                else:
+                    entry["columns"] = [f"{name}/{label}" for label in labels]
+                    for k, column in enumerate(entry["columns"]):
+                        columns[column] = _fixed_size_column(values[:, k])
+            variables.append(entry)
+    all_columns = [c for entry in variables for c in entry["columns"]]
+    if len(set(all_columns)) != len(all_columns):
+        raise ValueError(f"column names collide: {sorted(all_columns)}")
+    metadata = {
+        "version": CODEC_VERSION,
+        "image_count": int(n),
+        "variables": variables,
+        "static_coords": static_coords,
+        "attrs": _encode_attrs(ds.attrs, "dataset"),
+    }
+    schema = pa.schema(
+        [pa.field(c, columns[c].type) for c in all_columns],
+        metadata={METADATA_KEY: json.dumps(metadata).encode()},
+    )
+    table = pa.Table.from_arrays([columns[c] for c in all_columns], schema=schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression=compression,
+        compression_level=compression_level,
+        use_dictionary=False,
+        write_statistics=False,
+    )
+    return sink.getvalue().to_pybytes()
+
+
+def _open(data: bytes | memoryview) -> tuple[pq.ParquetFile, dict[str, Any]]:
+    parquet = pq.ParquetFile(pa.BufferReader(pa.py_buffer(data)))
+    raw = (parquet.schema_arrow.metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raise ValueError("not a droughtwatch dataset: Parquet schema has no dataset metadata")
+    metadata = json.loads(raw)
+    if metadata.get("version") != CODEC_VERSION:
+        raise ValueError(f"unsupported dataset codec version {metadata.get('version')!r}")
+    return parquet, metadata
+
+
+def _decode_variable(entry: dict[str, Any], table: pa.Table, n: int) -> xr.Variable:
+    dtype = np.dtype(entry["dtype"])
+    tail = entry["tail"]
+    names = entry["columns"]
+    if not tail:
+        values = _from_native_column(table.column(names[0]), dtype)
+    elif len(names) == 1:
+        # Copy: the Arrow buffer is read-only and may be unaligned for the dtype.
+        values = _from_fixed_size_column(table.column(names[0]), dtype, tail).copy()
+    else:
+        values = np.empty((n, *tail), dtype=dtype)
+        for k, column in enumerate(names):
+            values[:, k] = _from_fixed_size_column(table.column(column), dtype, tail[1:])
+    return xr.Variable(entry["dims"], values, attrs=_decode_attrs(entry["attrs"]))
+
+
+def _build(metadata: dict[str, Any], variables: dict[str, xr.Variable]) -> xr.Dataset:
+    coords: dict[str, xr.Variable] = {}
+    for name, static in metadata["static_coords"].items():
+        coords[name] = xr.Variable(
+            static["dims"], _decode_attr(static["value"]), attrs=_decode_attrs(static["attrs"])
+        )
+    data_vars: dict[str, xr.Variable] = {}
+    for entry in metadata["variables"]:
+        if entry["name"] in variables:
+            target = coords if entry["role"] == "coord" else data_vars
+            target[entry["name"]] = variables[entry["name"]]
+    return xr.Dataset(data_vars, coords=coords, attrs=_decode_attrs(metadata["attrs"]))
+
+
+def dataset_from_parquet(data: bytes | memoryview) -> xr.Dataset:
+    """Decode bytes written by `dataset_to_parquet` into an identical Dataset."""
+    parquet, metadata = _open(data)
+    table = parquet.read()
+    n = metadata["image_count"]
+    variables = {e["name"]: _decode_variable(e, table, n) for e in metadata["variables"]}
+    return _build(metadata, variables)
+
+
+def read_columns(data: bytes | memoryview, variables: Sequence[str]) -> xr.Dataset:
+    """Decode only the named 1-D variables; Parquet column projection skips all other bytes.
+
+    The result keeps the non-image coordinates and the dataset attrs.
+    """
+    parquet, metadata = _open(data)
+    entries = {e["name"]: e for e in metadata["variables"]}
+    wanted = []
+    for name in variables:
+        entry = entries.get(name)
+        if entry is None:
+            raise KeyError(f"no variable {name!r} in dataset; it has {sorted(entries)}")
+        if entry["tail"]:
+            raise ValueError(
+                f"variable {name!r} has dims {entry['dims']}; only 1-D ones can be read by column"
+            )
+        wanted.append(entry)
+    table = parquet.read(columns=[e["columns"][0] for e in wanted])
+    n = metadata["image_count"]
+    decoded = {e["name"]: _decode_variable(e, table, n) for e in wanted}
+    return _build(metadata, decoded)

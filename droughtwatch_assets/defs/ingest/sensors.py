@@ -1,0 +1,69 @@
+"""The drop sensor: new shards in the data root become partitions and ingest runs."""
+
+import json
+
+import dagster as dg
+
+from droughtwatch_assets.defs.ingest.assets import ingest_job
+from droughtwatch_assets.defs.partitions import shards
+from droughtwatch_assets.defs.resources import StorageResource
+from droughtwatch_assets.discovery import DiscoveryCursor, discover
+from droughtwatch_assets.storage import ObjectInfo, Store
+
+RAW_REPORT = "raw_tfrecords/{key}.json"
+
+
+def ingested_version(lake: Store, key: str) -> str | None:
+    """The source version that raw_tfrecords last validated for this shard, if any."""
+    try:
+        data = lake.read_bytes(RAW_REPORT.format(key=key))
+    except KeyError:
+        return None
+    return json.loads(data).get("source_version")
+
+
+def already_ingested_in(lake: Store):
+    def check(info: ObjectInfo) -> bool:
+        return ingested_version(lake, info.key) == info.version
+
+    return check
+
+
+@dg.sensor(
+    job=ingest_job,
+    minimum_interval_seconds=30,
+    default_status=dg.DefaultSensorStatus.RUNNING,
+    description="Lists the data root incrementally (see droughtwatch_assets.discovery) and "
+    "requests one ingest run per new or rewritten shard.",
+)
+def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
+    result = discover(
+        storage.data_store(),
+        DiscoveryCursor.loads(context.cursor),
+        already_ingested=already_ingested_in(storage.lake_store()),
+    )
+    data_store = storage.data_store()
+    for key, reason in result.skipped:
+        context.log.info(f"skipping {data_store.url(key)}: {reason}")
+    run_requests = []
+    for found in result.found:
+        tags = {"droughtwatch/source_version": found.info.version}
+        if found.previous_version is not None:
+            tags["droughtwatch/reupload"] = "true"
+            context.log.info(
+                f"{found.key} was uploaded again with new content "
+                f"({found.previous_version} -> {found.info.version}): processing it again"
+            )
+        run_requests.append(
+            dg.RunRequest(run_key=found.run_key, partition_key=found.key, tags=tags)
+        )
+    new_keys = [f.key for f in result.found if not context.instance.has_dynamic_partition(shards.name, f.key)]
+    context.log.info(
+        f"listed {result.listed} objects: {len(result.found)} shards to ingest "
+        f"({len(new_keys)} new partitions), {len(result.skipped)} skipped"
+    )
+    return dg.SensorResult(
+        run_requests=run_requests,
+        dynamic_partitions_requests=[shards.build_add_request(new_keys)] if new_keys else [],
+        cursor=result.cursor.dumps(),
+    )

@@ -1,0 +1,92 @@
+"""Resources shared by every domain: the data root and lake stores, and the lake IO manager."""
+
+import json
+from typing import Any
+
+import dagster as dg
+import xarray as xr
+
+from droughtwatch_assets.core.imagestack import dataset_from_parquet, dataset_to_parquet
+from droughtwatch_assets.settings import Settings
+from droughtwatch_assets.storage import Store, open_store
+
+
+class StorageResource(dg.ConfigurableResource):
+    """The data root (where raw shards arrive) and the lake (where outputs live).
+
+    Either may be a local folder or an ``s3://bucket/prefix`` URI; ``s3_endpoint_url`` points
+    at MinIO, moto or another S3-compatible server (empty: AWS).
+    """
+
+    data_root: str
+    lake: str
+    s3_endpoint_url: str | None = None
+
+    def data_store(self) -> Store:
+        return open_store(self.data_root, endpoint_url=self.s3_endpoint_url)
+
+    def lake_store(self) -> Store:
+        return open_store(self.lake, endpoint_url=self.s3_endpoint_url)
+
+
+class LakeIOManager(dg.ConfigurableIOManager):
+    """Stores asset outputs in the lake: xarray Datasets as Parquet, dicts as JSON.
+
+    One object per asset and partition (``<asset>/<partition key>.parquet``), written atomically,
+    so re-materializing a partition replaces exactly its own object and nothing else.
+    """
+
+    lake: str
+    s3_endpoint_url: str | None = None
+
+    def _store(self) -> Store:
+        return open_store(self.lake, endpoint_url=self.s3_endpoint_url)
+
+    @staticmethod
+    def _key(context: dg.OutputContext | dg.InputContext, suffix: str) -> str:
+        base = "/".join(context.asset_key.path)
+        if context.has_asset_partitions:
+            partition_keys = list(context.asset_partition_keys)
+            if len(partition_keys) != 1:
+                raise dg.DagsterInvariantViolationError(
+                    f"{base}: the lake stores one partition per object; "
+                    f"got {len(partition_keys)} partitions in one step"
+                )
+            return f"{base}/{partition_keys[0]}{suffix}"
+        return f"{base}{suffix}"
+
+    def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
+        if obj is None:
+            return
+        if isinstance(obj, xr.Dataset):
+            key, data = self._key(context, ".parquet"), dataset_to_parquet(obj)
+        elif isinstance(obj, dict):
+            key = self._key(context, ".json")
+            data = json.dumps(obj, indent=1, sort_keys=True).encode()
+        else:
+            raise TypeError(
+                f"{context.asset_key.to_user_string()}: the lake stores xarray Datasets and "
+                f"dicts, not {type(obj).__name__}"
+            )
+        store = self._store()
+        store.write_bytes(key, data)
+        context.add_output_metadata(
+            {"path": dg.MetadataValue.path(store.url(key)), "stored_bytes": len(data)}
+        )
+
+    def load_input(self, context: dg.InputContext) -> Any:
+        wants_dataset = context.dagster_type.typing_type is xr.Dataset
+        key = self._key(context, ".parquet" if wants_dataset else ".json")
+        data = self._store().read_bytes(key)
+        return dataset_from_parquet(data) if wants_dataset else json.loads(data)
+
+
+def build_resources(settings: Settings) -> dict[str, Any]:
+    return {
+        "storage": StorageResource(
+            data_root=settings.data_root,
+            lake=settings.lake,
+            s3_endpoint_url=settings.s3_endpoint_url,
+        ),
+        "io_manager": LakeIOManager(lake=settings.lake, s3_endpoint_url=settings.s3_endpoint_url),
+    }

@@ -1,0 +1,119 @@
+"""The ingest path for one shard, as plain functions: validate the raw bytes, filter, index.
+
+The Dagster assets and the ingest benchmark both call these, so the benchmark measures exactly
+what a materialization does. Nothing here imports Dagster.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import xarray as xr
+
+from droughtwatch_assets.core.images import CLOUD_MAX_FRACTION, FilterStats, filter_images
+from droughtwatch_assets.core.indices import index_dataset
+from droughtwatch_assets.core.tfrecord import (
+    BAND_BYTES,
+    BANDS,
+    DecodedShard,
+    ShardFormatError,
+    decode_shard,
+)
+from droughtwatch_assets.storage import Store
+
+CloudPolicy = Literal["flag", "remove"]
+
+
+class ShardChangedError(RuntimeError):
+    """The shard's bytes differ from the ones raw_tfrecords validated (it was rewritten since)."""
+
+
+@dataclass
+class RawShardReport:
+    """What raw_tfrecords records about one shard: identity, size, checksum, counts, schema."""
+
+    key: str
+    source: str
+    source_version: str
+    size: int
+    sha256: str
+    valid: bool
+    records: int = 0
+    labelled: int = 0
+    label_counts: dict[str, int] = field(default_factory=dict)
+    bands: list[str] = field(default_factory=lambda: list(BANDS))
+    band_bytes: int = BAND_BYTES
+    error: str | None = None
+    error_record: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> RawShardReport:
+        return cls(**data)
+
+
+def validate_raw_shard(
+    data: bytes, key: str, *, source: str, source_version: str
+) -> tuple[RawShardReport, DecodedShard | None]:
+    """Decode every record (both CRCs, schema, label range) and describe the shard.
+
+    A bad shard does not raise: the report says what is wrong and where, so that the asset
+    check can fail with that message while other shards go on.
+    """
+    report = RawShardReport(
+        key=key,
+        source=source,
+        source_version=source_version,
+        size=len(data),
+        sha256=hashlib.sha256(data).hexdigest(),
+        valid=True,
+    )
+    try:
+        decoded = decode_shard(data, key)
+    except ShardFormatError as exc:
+        report.valid, report.error, report.error_record = False, str(exc), exc.record
+        return report, None
+    labels = decoded.labels[decoded.labels >= 0]
+    report.records = len(decoded)
+    report.labelled = int(labels.size)
+    report.label_counts = {str(k): int(v) for k, v in sorted(Counter(labels.tolist()).items())}
+    return report, decoded
+
+
+def read_validated(store: Store, report: RawShardReport) -> DecodedShard:
+    """Read the shard again and decode it, refusing bytes other than the ones validated."""
+    if not report.valid:
+        raise ShardFormatError(report.key, f"raw_tfrecords found it invalid: {report.error}")
+    data = store.read_bytes(report.key)
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != report.sha256:
+        raise ShardChangedError(
+            f"shard {report.key!r} changed since raw_tfrecords validated it "
+            f"(sha256 {report.sha256[:12]}… then, {digest[:12]}… now); the drop sensor requests "
+            "a new run for the new content: materialize raw_tfrecords for this partition again"
+        )
+    return decode_shard(data, report.key)
+
+
+def filter_shard(
+    decoded: DecodedShard,
+    *,
+    cloud_policy: CloudPolicy = "flag",
+    max_cloud_fraction: float = CLOUD_MAX_FRACTION,
+) -> tuple[xr.Dataset, FilterStats]:
+    return filter_images(
+        decoded.images,
+        decoded.labels,
+        decoded.ids,
+        cloud_policy=cloud_policy,
+        max_cloud_fraction=max_cloud_fraction,
+    )
+
+
+def shard_indices(filtered: xr.Dataset) -> xr.Dataset:
+    return index_dataset(filtered["id"].values, filtered["label"].values, filtered["pixels"].values)

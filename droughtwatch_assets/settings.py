@@ -1,0 +1,37 @@
+"""Where droughtwatch keeps things: one place that reads the environment.
+
+Every setting has an embedded default under ``DROUGHTWATCH_HOME`` (``.droughtwatch/`` in the
+working directory), so a laptop run needs no configuration; ``.env.example`` documents them all.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = ".droughtwatch"
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    data_root: str  # where raw shards arrive: a local folder or s3://bucket/prefix
+    lake: str  # where assets store their outputs: a local folder or s3://bucket/prefix
+    s3_endpoint_url: str | None  # None: boto3's own resolution (AWS, or AWS_ENDPOINT_URL_S3)
+
+    @classmethod
+    def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("DROUGHTWATCH_HOME") or DEFAULT_HOME).expanduser().resolve()
+        return cls(
+            home=home,
+            data_root=env.get("DROUGHTWATCH_DATA_ROOT") or str(home / "data"),
+            lake=env.get("DROUGHTWATCH_LAKE") or str(home / "lake"),
+            s3_endpoint_url=env.get("DROUGHTWATCH_S3_ENDPOINT_URL") or None,
+        )
+
+    @property
+    def dagster_home(self) -> Path:
+        """The embedded Dagster instance (SQLite) used when DAGSTER_HOME is not set."""
+        return self.home / "dagster"

@@ -1,0 +1,155 @@
+"""The drop sensor against a real S3 endpoint (moto on 127.0.0.1) and a local data root."""
+
+from __future__ import annotations
+
+import boto3
+import dagster as dg
+import pytest
+
+from droughtwatch_assets.definitions import build_definitions
+from droughtwatch_assets.defs.ingest.sensors import drop_sensor
+from droughtwatch_assets.settings import Settings
+from droughtwatch_assets.storage import StorageError, open_store
+from droughtwatch_tests.defs.helpers import ingest
+
+DROP = "drops/2024-08-07/part-r-00000"
+
+
+def tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None = None):
+    defs = build_definitions(settings)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"storage": defs.resources["storage"]}
+    )
+    result = drop_sensor(context)
+    # What the daemon does with a tick's result: add the partitions, then launch the runs.
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def upload(settings: Settings, key: str, data: bytes) -> None:
+    bucket, prefix = settings.data_root.removeprefix("s3://").split("/", 1)
+    boto3.client("s3", endpoint_url=settings.s3_endpoint_url).put_object(
+        Bucket=bucket, Key=f"{prefix}/{key}", Body=data
+    )
+
+
+def run_requests(result) -> dict[str, dg.RunRequest]:
+    return {r.partition_key: r for r in result.run_requests}
+
+
+def test_new_drop_is_added_and_ingested_end_to_end(s3_settings, instance, sample_shard_path):
+    upload(s3_settings, DROP, sample_shard_path.read_bytes())
+    upload(s3_settings, "drops/2024-08-07/_SUCCESS", b"")
+    upload(s3_settings, "drops/README.md", b"stray file")
+
+    result = tick(s3_settings, instance)
+    requests = run_requests(result)
+    assert list(requests) == [DROP]
+    assert instance.get_dynamic_partitions("shards") == [DROP]
+    assert requests[DROP].run_key.startswith(f"{DROP}@")
+
+    # Execute the requested run; the next tick then asks for nothing.
+    assert ingest(s3_settings, instance, DROP).success
+    lake = open_store(s3_settings.lake, endpoint_url=s3_settings.s3_endpoint_url)
+    assert lake.exists(f"spectral_indices/{DROP}.parquet")
+    assert tick(s3_settings, instance, result.cursor).run_requests == []
+    # Even a tick that lost its cursor does not ask again: the lake knows the version.
+    assert tick(s3_settings, instance, None).run_requests == []
+
+
+def test_stray_files_are_skipped_with_a_log_line(s3_settings, instance, capsys):
+    upload(s3_settings, "drops/2024-08-07/_SUCCESS", b"")
+    upload(s3_settings, "drops/2024-08-07/part-r-00000.gstmp", b"partial")
+    result = tick(s3_settings, instance)
+    assert result.run_requests == []
+    text = capsys.readouterr().err
+    assert "incoming/drops/2024-08-07/_SUCCESS: not a shard" in text
+    assert "incoming/drops/2024-08-07/part-r-00000.gstmp: not a shard" in text
+    # Logged once: the next tick has passed them.
+    assert tick(s3_settings, instance, result.cursor).run_requests == []
+    assert "not a shard" not in capsys.readouterr().err
+
+
+def test_reupload_with_new_content_is_processed_again(s3_settings, instance, sample_shard_path):
+    data = sample_shard_path.read_bytes()
+    upload(s3_settings, DROP, data)
+    first = tick(s3_settings, instance)
+    assert ingest(s3_settings, instance, DROP).success
+
+    upload(s3_settings, DROP, data[: len(data) // 2])  # same key, other content
+    second = tick(s3_settings, instance, first.cursor)
+    [request] = second.run_requests
+    assert request.partition_key == DROP
+    assert request.tags["droughtwatch/reupload"] == "true"
+    assert request.run_key != first.run_requests[0].run_key
+    # The same bytes uploaded again (same ETag) are not new data.
+    third = tick(s3_settings, instance, second.cursor)
+    assert third.run_requests == []
+
+
+def test_a_tick_that_fails_halfway_loses_nothing(s3_settings, instance, sample_shard_path, monkeypatch):
+    for day in (7, 8, 9):
+        upload(s3_settings, f"drops/2024-08-0{day}/part-r-00000", sample_shard_path.read_bytes())
+
+    from droughtwatch_assets.defs.ingest import sensors
+
+    calls = {"n": 0}
+    real = sensors.ingested_version
+
+    def flaky(lake, key):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise StorageError("lake unreachable (simulated)")
+        return real(lake, key)
+
+    monkeypatch.setattr(sensors, "ingested_version", flaky)
+    with pytest.raises(StorageError):
+        tick(s3_settings, instance)
+    assert instance.get_dynamic_partitions("shards") == []  # the failed tick changed nothing
+
+    retry = tick(s3_settings, instance)  # the daemon retries with the cursor it had
+    assert sorted(run_requests(retry)) == [f"drops/2024-08-0{d}/part-r-00000" for d in (7, 8, 9)]
+    # Replaying the same tick asks for the same run keys, which the daemon runs once.
+    replay = tick(s3_settings, instance)
+    assert {r.run_key for r in replay.run_requests} == {r.run_key for r in retry.run_requests}
+
+
+def test_cost_of_a_tick_grows_with_what_is_new(s3_settings, instance, monkeypatch):
+    client = boto3.client("s3", endpoint_url=s3_settings.s3_endpoint_url)
+    bucket, prefix = s3_settings.data_root.removeprefix("s3://").split("/", 1)
+    for day in range(1, 31):
+        for part in range(100):
+            client.put_object(Bucket=bucket, Key=f"{prefix}/drops/2024-07-{day:02d}/part-r-{part:05d}", Body=b"x")
+    cursor = None
+    while True:  # take the 3,000-object backlog, 500 per tick
+        result = tick(s3_settings, instance, cursor)
+        cursor = result.cursor
+        if not result.run_requests:
+            break
+
+    import droughtwatch_assets.storage as storage_module
+
+    calls: list[str] = []
+    real_client = storage_module._s3_client
+
+    def counting_client(*args, **kwargs):
+        c = real_client(*args, **kwargs)
+        c.meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+        return c
+
+    upload(s3_settings, "drops/2024-08-01/part-r-00000", b"new shard")
+    monkeypatch.setattr(storage_module, "_s3_client", counting_client)
+    result = tick(s3_settings, instance, cursor)
+    assert [r.partition_key for r in result.run_requests] == ["drops/2024-08-01/part-r-00000"]
+    # Two recent folders re-listed (100 keys each: one page) + one listing after the mark,
+    # + one lake lookup for the new shard: a handful of calls, not 3,000 objects' worth.
+    assert calls.count("ListObjectsV2") <= 4, calls
+    assert len(calls) <= 8, calls
+
+
+def test_local_data_root_sensor(local_settings, instance, sample_shard_path):
+    store = open_store(local_settings.data_root)
+    store.write_bytes(DROP, sample_shard_path.read_bytes())
+    result = tick(local_settings, instance)
+    assert list(run_requests(result)) == [DROP]

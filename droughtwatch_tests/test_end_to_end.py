@@ -1,0 +1,160 @@
+"""End to end through real processes and servers: the CLIs, the webserver, PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from droughtwatch_tests.conftest import REPO_ROOT, free_port
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+KEY = "train/part-r-00012"
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    (home / "dagster").mkdir(parents=True)
+    return {
+        **os.environ,
+        "DROUGHTWATCH_HOME": str(home),
+        "DAGSTER_HOME": str(home / "dagster"),
+        "DROUGHTWATCH_DATA_ROOT": "",
+        "DROUGHTWATCH_LAKE": "",
+    }
+
+
+def run(args: list[str], env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        args, env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout
+    )
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def test_definitions_validate_cli(env):
+    proc = run([str(BIN / "dagster"), "definitions", "validate", "-m", "droughtwatch_assets.definitions"], env)
+    assert "droughtwatch_assets.definitions" in proc.stdout + proc.stderr
+
+
+def test_dagster_asset_materialize_one_partition(env, sample_shard_path):
+    home = Path(env["DROUGHTWATCH_HOME"])
+    shard = home / "data" / KEY
+    shard.parent.mkdir(parents=True)
+    shutil.copyfile(sample_shard_path, shard)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        instance.add_dynamic_partitions("shards", [KEY])
+    run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "droughtwatch_assets.definitions",
+         "--select", "raw_tfrecords,filtered_images,spectral_indices", "--partition", KEY],
+        env,
+    )
+    assert (home / "lake" / "spectral_indices" / f"{KEY}.parquet").is_file()
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        event = instance.get_latest_materialization_event(dg.AssetKey("filtered_images"))
+        assert event.asset_materialization.partition == KEY
+        assert event.asset_materialization.metadata["records_kept"].value == 79
+
+
+def test_sample_data_then_discover_materialize(env):
+    run([str(BIN / "droughtwatch"), "sample-data", "--train", "200", "--val", "100",
+         "--records-per-shard", "100", "--drops", "1", "--records-per-drop", "50"], env)
+    data = Path(env["DROUGHTWATCH_HOME"]) / "data"
+    (data / "train" / "_SUCCESS").write_bytes(b"")
+    proc = run([str(BIN / "droughtwatch"), "discover", "--materialize"], env)
+    out = proc.stdout
+    assert "4 shards to ingest, 1 objects skipped" in out
+    assert "4 shards ingested, 0 failed" in out
+    assert "skipped train/_SUCCESS" in out
+    # Discovering again finds nothing new: nothing is processed twice.
+    again = run([str(BIN / "droughtwatch"), "discover", "--materialize"], env)
+    assert "0 shards to ingest" in again.stdout
+
+
+def test_ingest_on_a_postgres_instance(tmp_path, sample_shard_path, monkeypatch):
+    """The repository's dagster.yaml on a throwaway PostgreSQL server (pgserver)."""
+    import pgserver
+    import sqlalchemy as sa
+
+    from droughtwatch_assets.settings import Settings
+    from droughtwatch_tests.defs.helpers import copy_sample, ingest
+
+    server = pgserver.get_server(tmp_path / "pg", cleanup_mode="stop")
+    try:
+        url = server.get_uri()
+        monkeypatch.setenv("DAGSTER_PG_URL", url)
+        dagster_home = tmp_path / "dagster"
+        dagster_home.mkdir()
+        shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+        settings = Settings(tmp_path, str(tmp_path / "data"), str(tmp_path / "lake"), None)
+        copy_sample(Path(settings.data_root), KEY, sample_shard_path)
+        with dg.DagsterInstance.from_config(str(dagster_home)) as instance:
+            assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+            assert ingest(settings, instance, KEY).success
+            assert instance.get_dynamic_partitions("shards") == [KEY]
+        engine = sa.create_engine(url)
+        with engine.connect() as conn:
+            runs = conn.execute(sa.text("select count(*) from runs")).scalar()
+            materializations = conn.execute(
+                sa.text("select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION'")
+            ).scalar()
+        engine.dispose()
+        assert runs == 1 and materializations == 3
+    finally:
+        server.cleanup()
+
+
+GRAPHQL = """
+{
+  assetNodes { assetKey { path } groupName
+    assetChecksOrError { ... on AssetChecks { checks { name blocking } } } }
+  repositoriesOrError { ... on RepositoryConnection { nodes { name sensors { name } } } }
+}
+"""
+
+
+def test_webserver_graphql_lists_assets_checks_and_sensor(env):
+    port = free_port()
+    proc = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        body = None
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                pytest.fail(f"webserver exited: {proc.stderr.read()}")
+            try:
+                req = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/graphql",
+                    data=json.dumps({"query": GRAPHQL}).encode(),
+                    headers={"Content-Type": "application/json"},
+                )
+                body = json.loads(urllib.request.urlopen(req, timeout=10).read())
+                if body.get("data", {}).get("assetNodes"):
+                    break
+            except OSError:
+                pass
+            time.sleep(1)
+        assert body and "errors" not in body, body
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in body["data"]["assetNodes"]}
+        assert set(nodes) >= {"raw_tfrecords", "filtered_images", "spectral_indices"}
+        assert nodes["filtered_images"]["groupName"] == "ingest"
+        checks = {c["name"]: c["blocking"] for c in nodes["raw_tfrecords"]["assetChecksOrError"]["checks"]}
+        assert checks == {"schema_and_labels": True, "has_records": True}
+        sensors = [s["name"] for r in body["data"]["repositoriesOrError"]["nodes"] for s in r["sensors"]]
+        assert "drop_sensor" in sensors
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
