@@ -26,22 +26,21 @@ $(VENV)/.synced-$(TF): pyproject.toml uv.lock | $(UV)
 install: $(VENV)/.synced-$(TF)  ## create or update the environment from uv.lock
 
 demo: install  ## sample corpus + drops, discover, ingest, summary
-	@mkdir -p $(DAGSTER_HOME)
 	$(BIN)/droughtwatch demo
 
 dev: install  ## Dagster UI on http://127.0.0.1:3000 with the drop sensor running
-	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/droughtwatch home
 	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
 
 lint: install
-	$(BIN)/ruff check droughtwatch_assets droughtwatch_tests benchmarks
+	$(BIN)/ruff check droughtwatch_assets droughtwatch_tests
 	$(BIN)/dagster definitions validate -m droughtwatch_assets.definitions
 
 test: install lint  ## the whole suite
 	$(BIN)/pytest
 
 bench: install  ## ingest benchmark against the earlier approach; writes docs/benchmarks.md
-	$(BIN)/python -m benchmarks.ingest
+	$(BIN)/python -m droughtwatch_tests.benchmarks.ingest
 
 clean:
 	rm -rf $(VENV) .uv .droughtwatch .pytest_cache

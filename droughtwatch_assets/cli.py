@@ -92,7 +92,9 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
             store.upload_file(key, tmp.name)
 
     keys = unpack_archive(archive, put)
-    print(f"unpacked {len(keys)} shards into {store.uri}; next: droughtwatch discover --materialize")
+    print(
+        f"unpacked {len(keys)} shards into {store.uri}; next: droughtwatch discover --materialize"
+    )
     return 0
 
 
@@ -110,13 +112,27 @@ class ShardOutcome:
     error: str = ""
 
 
+EMBEDDED_INSTANCE_YAML = """\
+# The embedded default instance: SQLite storage in this folder (Dagster's default).
+telemetry:
+  enabled: false
+"""
+
+
+def prepare_dagster_home() -> Path:
+    """DAGSTER_HOME, or the embedded default under DROUGHTWATCH_HOME, created if missing."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Settings.from_env().dagster_home)
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        (home / "dagster.yaml").write_text(EMBEDDED_INSTANCE_YAML)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
 def _instance():
     import dagster as dg
 
-    settings = Settings.from_env()
-    if not os.environ.get("DAGSTER_HOME"):
-        settings.dagster_home.mkdir(parents=True, exist_ok=True)
-        os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    prepare_dagster_home()
     return dg.DagsterInstance.get()
 
 
@@ -140,7 +156,12 @@ def materialize_shards(defs, instance, keys: Sequence[str]) -> list[ShardOutcome
     outcomes = []
     for key in tqdm(keys, unit="shard", desc="ingest", disable=None):
         result = job.execute_in_process(
-            partition_key=key, instance=instance, raise_on_error=False,
+            partition_key=key,
+            instance=instance,
+            raise_on_error=False,
+            # Step-by-step DEBUG events stay in the instance (and the UI); the terminal shows
+            # warnings and the summary table.
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
             tags={"droughtwatch/trigger": "discover"},
         )
         outcome = ShardOutcome(key, result.success)
@@ -154,7 +175,9 @@ def materialize_shards(defs, instance, keys: Sequence[str]) -> list[ShardOutcome
             if not evaluation.passed:
                 warn = evaluation.severity == dg.AssetCheckSeverity.WARN
                 (outcome.warned_checks if warn else outcome.failed_checks).append(name)
-        if not result.success:
+                if evaluation.description and not warn:
+                    outcome.error = evaluation.description
+        if not result.success and not outcome.error:
             outcome.error = "; ".join(
                 _root_cause(e.step_failure_data.error) or e.message or ""
                 for e in result.all_events
@@ -164,10 +187,12 @@ def materialize_shards(defs, instance, keys: Sequence[str]) -> list[ShardOutcome
     return outcomes
 
 
-def discover_and_materialize(settings: Settings, *, materialize: bool) -> tuple[list, list, list[ShardOutcome]]:
+def discover_and_materialize(
+    settings: Settings, *, materialize: bool
+) -> tuple[list, list, list[ShardOutcome]]:
+    from droughtwatch_assets.definitions import build_definitions
     from droughtwatch_assets.defs.ingest.sensors import already_ingested_in
     from droughtwatch_assets.defs.partitions import shards
-    from droughtwatch_assets.definitions import build_definitions
     from droughtwatch_assets.discovery import full_scan, unique_keys
 
     data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
@@ -179,7 +204,9 @@ def discover_and_materialize(settings: Settings, *, materialize: bool) -> tuple[
     new = [k for k in keys if k not in existing]
     if new:
         instance.add_dynamic_partitions(shards.name, new)
-    outcomes = materialize_shards(build_definitions(settings), instance, keys) if materialize else []
+    outcomes = (
+        materialize_shards(build_definitions(settings), instance, keys) if materialize else []
+    )
     return found, skipped, outcomes
 
 
@@ -193,16 +220,22 @@ def print_discovery(found, skipped, outcomes: list[ShardOutcome]) -> None:
     if not outcomes:
         return
     print()
-    print(f"{'shard':44} {'status':7} {'in':>5} {'kept':>5} {'blank':>5} {'cloudy':>6} {'NDVI':>6}  checks")
+    columns = [
+        ("in", "filtered_images.records_in"),
+        ("kept", "filtered_images.records_kept"),
+        ("blank", "filtered_images.removed_blank"),
+        ("cloudy", "filtered_images.flagged_cloudy"),
+    ]
+    print(
+        f"{'shard':44} {'status':7} " + " ".join(f"{c:>6}" for c, _ in columns) + "   NDVI  checks"
+    )
     for o in outcomes:
-        m = o.metadata
-        ndvi = m.get("spectral_indices.mean_ndvi")
-        checks = ", ".join([f"FAILED {c}" for c in o.failed_checks] + [f"warn {c}" for c in o.warned_checks]) or "all passed"
-        print(
-            f"{o.key:44} {'ok' if o.ok else 'FAILED':7} {m.get('filtered_images.records_in', m.get('raw_tfrecords.records', '-')):>5} "
-            f"{m.get('filtered_images.records_kept', '-'):>5} {m.get('filtered_images.removed_blank', '-'):>5} "
-            f"{m.get('filtered_images.flagged_cloudy', '-'):>6} {'-' if ndvi is None else f'{ndvi:.3f}':>6}  {checks}"
-        )
+        ndvi = o.metadata.get("spectral_indices.mean_ndvi")
+        checks = [f"FAILED {c}" for c in o.failed_checks] + [f"warn {c}" for c in o.warned_checks]
+        counts = " ".join(f"{o.metadata.get(key, '-'):>6}" for _, key in columns)
+        ndvi_text = "-" if ndvi is None else f"{ndvi:.3f}"
+        status = "ok" if o.ok else "FAILED"
+        print(f"{o.key:44} {status:7} {counts} {ndvi_text:>6}  {', '.join(checks) or 'all passed'}")
         if o.error:
             print(f"    error: {o.error}")
     failed = sum(not o.ok for o in outcomes)
@@ -217,6 +250,15 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if any(not o.ok for o in outcomes) else 0
 
 
+def cmd_home(args: argparse.Namespace, settings: Settings) -> int:
+    home = prepare_dagster_home()
+    print(f"DROUGHTWATCH_HOME={settings.home}")
+    print(f"DAGSTER_HOME={home}")
+    print(f"data root: {settings.data_root}")
+    print(f"lake:      {settings.lake}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
 # demo
 
@@ -227,9 +269,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         print(f"generating a sample corpus in {data.uri}")
         cmd_sample_data(
             argparse.Namespace(
-                dest=None, train=args.train, val=args.val, records_per_shard=args.records_per_shard,
-                drops=args.drops, records_per_drop=args.records_per_drop,
-                start_date=dt.date(2024, 8, 1), seed=args.seed, unlabelled_drops=False,
+                dest=None,
+                train=args.train,
+                val=args.val,
+                records_per_shard=args.records_per_shard,
+                drops=args.drops,
+                records_per_drop=args.records_per_drop,
+                start_date=dt.date(2024, 8, 1),
+                seed=args.seed,
+                unlabelled_drops=False,
             ),
             settings,
         )
@@ -240,7 +288,9 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print()
     print("where things are:")
     print(f"  data root        {settings.data_root}")
-    print(f"  lake             {settings.lake}  (raw_tfrecords/, filtered_images/, spectral_indices/)")
+    print(
+        f"  lake             {settings.lake}  (raw_tfrecords/, filtered_images/, spectral_indices/)"
+    )
     print(f"  dagster instance {os.environ.get('DAGSTER_HOME')}")
     print("  UI               make dev  -> http://127.0.0.1:3000 (the drop sensor runs there)")
     return 1 if any(not o.ok for o in outcomes) else 0
@@ -270,7 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("download", help="fetch the real benchmark (2.15 GB) into the data root")
     p.add_argument("--url", default=BENCHMARK_URL)
-    p.add_argument("--archive", help="where to keep the zip (default: $DROUGHTWATCH_HOME/downloads)")
+    p.add_argument(
+        "--archive", help="where to keep the zip (default: $DROUGHTWATCH_HOME/downloads)"
+    )
     p.add_argument("--sha256", help="expected checksum of the archive")
     p.add_argument("--dest", help="local folder or s3:// URI (default: the data root)")
     p.set_defaults(func=cmd_download)
@@ -278,6 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("discover", help="list the data root and ingest what is new or rewritten")
     p.add_argument("--materialize", action="store_true", help="also run the ingest job for them")
     p.set_defaults(func=cmd_discover)
+
+    p = sub.add_parser("home", help="create the Dagster home if missing and print the locations")
+    p.set_defaults(func=cmd_home)
 
     p = sub.add_parser("demo", help="sample corpus + drops, discover, ingest, summary")
     p.add_argument("--train", type=int, default=1000)

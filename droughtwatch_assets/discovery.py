@@ -78,7 +78,9 @@ class DiscoveryCursor:
         if not text:
             return cls()
         data = json.loads(text)
-        return cls(data.get("high_water"), dict(data.get("window", {})), list(data.get("folders", [])))
+        return cls(
+            data.get("high_water"), dict(data.get("window", {})), list(data.get("folders", []))
+        )
 
 
 @dataclass(frozen=True)

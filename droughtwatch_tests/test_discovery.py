@@ -32,8 +32,17 @@ def test_shard_names_follow_the_loader_rule():
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "../etc/part-r-0", "a//part-r-0", "a/./part-r-0", "a b/part-r-0",
-            "a/.hidden/part-r-0", "x\n/part-r-0", "a/" + "x" * 600]
+    "bad",
+    [
+        "",
+        "../etc/part-r-0",
+        "a//part-r-0",
+        "a/./part-r-0",
+        "a b/part-r-0",
+        "a/.hidden/part-r-0",
+        "x\n/part-r-0",
+        "a/" + "x" * 600,
+    ],
 )
 def test_keys_that_cannot_be_partitions_are_refused(bad):
     with pytest.raises(InvalidShardKey, match="shard key"):
@@ -51,7 +60,10 @@ def test_new_drops_then_nothing(store):
     store.write_bytes("drops/2024-08-07/README.md", b"hello")
     first = discover(store, DiscoveryCursor())
     assert keys(first) == ["drops/2024-08-07/part-r-00000"]
-    assert sorted(k for k, _ in first.skipped) == ["drops/2024-08-07/README.md", "drops/2024-08-07/_SUCCESS"]
+    assert sorted(k for k, _ in first.skipped) == [
+        "drops/2024-08-07/README.md",
+        "drops/2024-08-07/_SUCCESS",
+    ]
     # A second tick with the returned cursor finds nothing and skips nothing again.
     second = discover(store, DiscoveryCursor.loads(first.cursor.dumps()))
     assert keys(second) == [] and second.skipped == []
@@ -79,7 +91,9 @@ def test_late_arrival_below_the_high_water_mark(store):
 
 def test_already_ingested_versions_are_not_requested(store):
     info = store.write_bytes("drops/2024-08-07/part-r-00000", b"x")
-    result = discover(store, DiscoveryCursor(), already_ingested=lambda i: i.version == info.version)
+    result = discover(
+        store, DiscoveryCursor(), already_ingested=lambda i: i.version == info.version
+    )
     assert result.found == []
 
 

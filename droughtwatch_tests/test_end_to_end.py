@@ -43,7 +43,10 @@ def run(args: list[str], env: dict[str, str], timeout: float = 300) -> subproces
 
 
 def test_definitions_validate_cli(env):
-    proc = run([str(BIN / "dagster"), "definitions", "validate", "-m", "droughtwatch_assets.definitions"], env)
+    proc = run(
+        [str(BIN / "dagster"), "definitions", "validate", "-m", "droughtwatch_assets.definitions"],
+        env,
+    )
     assert "droughtwatch_assets.definitions" in proc.stdout + proc.stderr
 
 
@@ -55,8 +58,17 @@ def test_dagster_asset_materialize_one_partition(env, sample_shard_path):
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         instance.add_dynamic_partitions("shards", [KEY])
     run(
-        [str(BIN / "dagster"), "asset", "materialize", "-m", "droughtwatch_assets.definitions",
-         "--select", "raw_tfrecords,filtered_images,spectral_indices", "--partition", KEY],
+        [
+            str(BIN / "dagster"),
+            "asset",
+            "materialize",
+            "-m",
+            "droughtwatch_assets.definitions",
+            "--select",
+            "raw_tfrecords,filtered_images,spectral_indices",
+            "--partition",
+            KEY,
+        ],
         env,
     )
     assert (home / "lake" / "spectral_indices" / f"{KEY}.parquet").is_file()
@@ -67,8 +79,23 @@ def test_dagster_asset_materialize_one_partition(env, sample_shard_path):
 
 
 def test_sample_data_then_discover_materialize(env):
-    run([str(BIN / "droughtwatch"), "sample-data", "--train", "200", "--val", "100",
-         "--records-per-shard", "100", "--drops", "1", "--records-per-drop", "50"], env)
+    run(
+        [
+            str(BIN / "droughtwatch"),
+            "sample-data",
+            "--train",
+            "200",
+            "--val",
+            "100",
+            "--records-per-shard",
+            "100",
+            "--drops",
+            "1",
+            "--records-per-drop",
+            "50",
+        ],
+        env,
+    )
     data = Path(env["DROUGHTWATCH_HOME"]) / "data"
     (data / "train" / "_SUCCESS").write_bytes(b"")
     proc = run([str(BIN / "droughtwatch"), "discover", "--materialize"], env)
@@ -106,7 +133,10 @@ def test_ingest_on_a_postgres_instance(tmp_path, sample_shard_path, monkeypatch)
         with engine.connect() as conn:
             runs = conn.execute(sa.text("select count(*) from runs")).scalar()
             materializations = conn.execute(
-                sa.text("select count(*) from event_logs where dagster_event_type = 'ASSET_MATERIALIZATION'")
+                sa.text(
+                    "select count(*) from event_logs"
+                    " where dagster_event_type = 'ASSET_MATERIALIZATION'"
+                )
             ).scalar()
         engine.dispose()
         assert runs == 1 and materializations == 3
@@ -126,8 +156,20 @@ GRAPHQL = """
 def test_webserver_graphql_lists_assets_checks_and_sensor(env):
     port = free_port()
     proc = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", "workspace.yaml"],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        [
+            str(BIN / "dagster-webserver"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            "workspace.yaml",
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120
@@ -151,9 +193,13 @@ def test_webserver_graphql_lists_assets_checks_and_sensor(env):
         nodes = {"/".join(n["assetKey"]["path"]): n for n in body["data"]["assetNodes"]}
         assert set(nodes) >= {"raw_tfrecords", "filtered_images", "spectral_indices"}
         assert nodes["filtered_images"]["groupName"] == "ingest"
-        checks = {c["name"]: c["blocking"] for c in nodes["raw_tfrecords"]["assetChecksOrError"]["checks"]}
+        checks = {
+            c["name"]: c["blocking"] for c in nodes["raw_tfrecords"]["assetChecksOrError"]["checks"]
+        }
         assert checks == {"schema_and_labels": True, "has_records": True}
-        sensors = [s["name"] for r in body["data"]["repositoriesOrError"]["nodes"] for s in r["sensors"]]
+        sensors = [
+            s["name"] for r in body["data"]["repositoriesOrError"]["nodes"] for s in r["sensors"]
+        ]
         assert "drop_sensor" in sensors
     finally:
         proc.terminate()

@@ -146,7 +146,9 @@ def _fixed_size_column(values: np.ndarray) -> pa.Array:
     )
 
 
-def _from_fixed_size_column(column: pa.ChunkedArray, dtype: np.dtype, tail: Sequence[int]):
+def _from_fixed_size_column(
+    column: pa.ChunkedArray, dtype: np.dtype, tail: Sequence[int]
+) -> np.ndarray:
     array = column.combine_chunks()
     n = len(array)
     width = array.type.byte_width

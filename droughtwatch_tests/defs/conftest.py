@@ -13,7 +13,10 @@ from droughtwatch_assets.settings import Settings
 @pytest.fixture
 def local_settings(tmp_path: Path) -> Settings:
     return Settings(
-        home=tmp_path, data_root=str(tmp_path / "data"), lake=str(tmp_path / "lake"), s3_endpoint_url=None
+        home=tmp_path,
+        data_root=str(tmp_path / "data"),
+        lake=str(tmp_path / "lake"),
+        s3_endpoint_url=None,
     )
 
 

@@ -21,7 +21,9 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
     checks: dict[str, list] = {}
     for assets_def in defs.assets or []:
         for spec in getattr(assets_def, "check_specs", []):
-            checks.setdefault(spec.asset_key.to_user_string(), []).append([spec.name, spec.blocking])
+            checks.setdefault(spec.asset_key.to_user_string(), []).append(
+                [spec.name, spec.blocking]
+            )
     assets = {
         spec.key.to_user_string(): {
             "deps": sorted(dep.asset_key.to_user_string() for dep in spec.deps),

@@ -53,7 +53,11 @@ def test_real_sample_shard_through_the_graph(local_settings, instance, sample_sh
     assert raw["size_bytes"] == sample_shard_path.stat().st_size
 
     filtered = metadata(result, "filtered_images")
-    assert (filtered["records_in"], filtered["records_kept"], filtered["removed_blank"]) == (81, 79, 2)
+    assert (filtered["records_in"], filtered["records_kept"], filtered["removed_blank"]) == (
+        81,
+        79,
+        2,
+    )
     assert filtered["removed_cloudy"] == 0  # default policy flags cloudy images
     assert filtered["flagged_cloudy"] > 0
     assert filtered["kept_label_counts"] == {"0": 46, "1": 14, "2": 14, "3": 5}
@@ -130,9 +134,13 @@ def test_shard_rewritten_after_validation_is_refused(local_settings, instance, s
     resources = {"storage": defs.resources["storage"], "io_manager": defs.resources["io_manager"]}
     first = dg.materialize(assets[:1], partition_key=KEY, instance=instance, resources=resources)
     assert first.success
-    path.write_bytes(path.read_bytes()[: -1000])  # rewritten (truncated) after validation
+    path.write_bytes(path.read_bytes()[:-1000])  # rewritten (truncated) after validation
     second = dg.materialize(
-        assets, partition_key=KEY, instance=instance, resources=resources, raise_on_error=False,
+        assets,
+        partition_key=KEY,
+        instance=instance,
+        resources=resources,
+        raise_on_error=False,
         selection=["filtered_images"],
     )
     assert not second.success

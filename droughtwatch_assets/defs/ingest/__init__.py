@@ -1,1 +1,1 @@
-"""Ingest: raw shards -> filtered images -> spectral indices, and the sensor that finds new shards."""
+"""Ingest: raw shards -> filtered images -> spectral indices, and the drop sensor."""

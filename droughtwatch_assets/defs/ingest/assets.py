@@ -26,7 +26,9 @@ GROUP = "ingest"
 @dg.asset(
     group_name=GROUP,
     partitions_def=shards,
-    check_specs=checks.specs("raw_tfrecords", checks.RAW_CHECKS, {"schema_and_labels", "has_records"}),
+    check_specs=checks.specs(
+        "raw_tfrecords", checks.RAW_CHECKS, {"schema_and_labels", "has_records"}
+    ),
     kinds={"tfrecord"},
 )
 def raw_tfrecords(
@@ -74,7 +76,9 @@ class FilterConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     partitions_def=shards,
-    check_specs=checks.specs("filtered_images", checks.FILTERED_CHECKS, {"kept_fraction", "pixels_schema"}),
+    check_specs=checks.specs(
+        "filtered_images", checks.FILTERED_CHECKS, {"kept_fraction", "pixels_schema"}
+    ),
     kinds={"xarray", "parquet"},
 )
 def filtered_images(
@@ -111,7 +115,9 @@ def filtered_images(
 @dg.asset(
     group_name=GROUP,
     partitions_def=shards,
-    check_specs=checks.specs("spectral_indices", checks.INDICES_CHECKS, {"finite_values", "index_ranges"}),
+    check_specs=checks.specs(
+        "spectral_indices", checks.INDICES_CHECKS, {"finite_values", "index_ranges"}
+    ),
     kinds={"xarray", "parquet"},
 )
 def spectral_indices(filtered_images: xr.Dataset) -> Iterator[dg.Output | dg.AssetCheckResult]:
@@ -143,5 +149,5 @@ ingest_assets = [raw_tfrecords, filtered_images, spectral_indices]
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(*ingest_assets),
-    description="raw_tfrecords -> filtered_images -> spectral_indices (with their checks) for one shard",
+    description="raw_tfrecords -> filtered_images -> spectral_indices, with checks, for one shard",
 )

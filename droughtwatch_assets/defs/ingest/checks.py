@@ -82,7 +82,11 @@ def filtered_checks(ds: xr.Dataset, stats: FilterStats) -> list[dg.AssetCheckRes
         dg.AssetCheckResult(
             check_name="pixels_schema",
             passed=bool(schema_ok),
-            metadata={"dtype": str(pixels.dtype), "dims": str(pixels.dims), "shape": str(pixels.shape)},
+            metadata={
+                "dtype": str(pixels.dtype),
+                "dims": str(pixels.dims),
+                "shape": str(pixels.shape),
+            },
         ),
     ]
 
@@ -95,10 +99,7 @@ def indices_checks(ds: xr.Dataset) -> list[dg.AssetCheckResult]:
         for name in stats
         if name.endswith(("_mean", "_std"))
     }
-    quantised_bad = {
-        name: int((ds[name].values < -127).sum())
-        for name in ("ndvi", "ndmi", "evi")
-    }
+    quantised_bad = {name: int((ds[name].values < -127).sum()) for name in ("ndvi", "ndmi", "evi")}
     return [
         dg.AssetCheckResult(
             check_name="finite_values",

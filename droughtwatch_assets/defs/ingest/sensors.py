@@ -57,7 +57,11 @@ def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -
         run_requests.append(
             dg.RunRequest(run_key=found.run_key, partition_key=found.key, tags=tags)
         )
-    new_keys = [f.key for f in result.found if not context.instance.has_dynamic_partition(shards.name, f.key)]
+    new_keys = [
+        f.key
+        for f in result.found
+        if not context.instance.has_dynamic_partition(shards.name, f.key)
+    ]
     context.log.info(
         f"listed {result.listed} objects: {len(result.found)} shards to ingest "
         f"({len(new_keys)} new partitions), {len(result.skipped)} skipped"
