@@ -34,6 +34,7 @@ dev: install  ## Dagster UI on http://127.0.0.1:3000 with the drop sensor runnin
 
 lint: install
 	$(BIN)/ruff check droughtwatch_assets droughtwatch_tests
+	@$(BIN)/droughtwatch home > /dev/null
 	$(BIN)/dagster definitions validate -m droughtwatch_assets.definitions
 
 test: install lint  ## the whole suite

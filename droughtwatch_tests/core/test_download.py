@@ -346,3 +346,21 @@ def test_downloaded_archive_unpacks_to_sample(server, tmp_path: Path, sample_byt
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()) == [
         "train/part-r-00012"
     ]
+
+
+def test_cli_download_unpacks_into_an_s3_data_root(
+    server, tmp_path: Path, sample_bytes: bytes, moto_endpoint: str, s3_bucket: str, monkeypatch
+) -> None:
+    """`droughtwatch download` end to end: local HTTP server -> archive -> S3 data root (moto)."""
+    from droughtwatch_assets.cli import main
+    from droughtwatch_assets.storage import open_store
+
+    url, _ = server
+    monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DROUGHTWATCH_S3_ENDPOINT_URL", moto_endpoint)
+    monkeypatch.setenv("DROUGHTWATCH_DATA_ROOT", f"s3://{s3_bucket}/data")
+    assert main(["download", "--url", url]) == 0
+    store = open_store(f"s3://{s3_bucket}/data", endpoint_url=moto_endpoint)
+    assert [info.key for info in store.list("")] == ["train/part-r-00012"]
+    assert store.read_bytes("train/part-r-00012") == sample_bytes
+    assert (tmp_path / "home" / "downloads" / "dw.zip").is_file()
