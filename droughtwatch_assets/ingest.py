@@ -9,11 +9,16 @@ from __future__ import annotations
 import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import xarray as xr
 
-from droughtwatch_assets.core.images import CLOUD_MAX_FRACTION, FilterStats, filter_images
+from droughtwatch_assets.core.images import (
+    CLOUD_MAX_FRACTION,
+    CloudPolicy,
+    FilterStats,
+    filter_images,
+)
 from droughtwatch_assets.core.indices import index_dataset
 from droughtwatch_assets.core.tfrecord import (
     BAND_BYTES,
@@ -23,8 +28,6 @@ from droughtwatch_assets.core.tfrecord import (
     decode_shard,
 )
 from droughtwatch_assets.storage import Store
-
-CloudPolicy = Literal["flag", "remove"]
 
 
 class ShardChangedError(RuntimeError):

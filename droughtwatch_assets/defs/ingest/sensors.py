@@ -1,6 +1,7 @@
 """The drop sensor: new shards in the data root become partitions and ingest runs."""
 
 import json
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -22,7 +23,9 @@ def ingested_version(lake: Store, key: str) -> str | None:
     return json.loads(data).get("source_version")
 
 
-def already_ingested_in(lake: Store):
+def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
+    """Whether the lake already holds a raw_tfrecords report for exactly this version."""
+
     def check(info: ObjectInfo) -> bool:
         return ingested_version(lake, info.key) == info.version
 
@@ -37,12 +40,12 @@ def already_ingested_in(lake: Store):
     "requests one ingest run per new or rewritten shard.",
 )
 def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
+    data_store = storage.data_store()
     result = discover(
-        storage.data_store(),
+        data_store,
         DiscoveryCursor.loads(context.cursor),
         already_ingested=already_ingested_in(storage.lake_store()),
     )
-    data_store = storage.data_store()
     for key, reason in result.skipped:
         context.log.info(f"skipping {data_store.url(key)}: {reason}")
     run_requests = []
