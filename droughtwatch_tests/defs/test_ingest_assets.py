@@ -168,3 +168,27 @@ def test_ingest_with_data_root_and_lake_in_s3(s3_settings, instance, sample_shar
     ]
     images = dataset_from_parquet(lake.read_bytes(f"filtered_images/{KEY}.parquet"))
     assert images.sizes["image"] == 79
+
+
+def test_shard_failing_a_blocking_filter_check_writes_nothing(local_settings, instance):
+    """A shard of (nearly) all blank images fails kept_fraction: the lake stays clean."""
+    import numpy as np
+
+    from droughtwatch_assets.core.tfrecord import write_shard
+
+    key = "drops/2024-08-09/part-r-00000"
+    images = np.zeros((10, 11, 65, 65), np.uint8)
+    images[:2] = 100  # 2 of 10 images kept: 20 % < 50 %
+    path = Path(local_settings.data_root) / key
+    path.parent.mkdir(parents=True)
+    write_shard(path, images, [0] * 10)
+    result = ingest(local_settings, instance, key, raise_on_error=False)
+    assert not result.success
+    checks = checks_by_name(result)
+    assert not checks["filtered_images:kept_fraction"].passed
+    assert not checks["filtered_images:blank_fraction"].passed  # the warning fires too
+    assert "spectral_indices:finite_values" not in checks  # downstream never ran
+    assert metadata(result, "filtered_images")["stored"] is False
+    lake = open_store(local_settings.lake)
+    assert not lake.exists(f"filtered_images/{key}.parquet")
+    assert lake.exists(f"raw_tfrecords/{key}.json")  # the validation report is kept

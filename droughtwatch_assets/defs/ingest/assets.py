@@ -26,9 +26,7 @@ GROUP = "ingest"
 @dg.asset(
     group_name=GROUP,
     partitions_def=shards,
-    check_specs=checks.specs(
-        "raw_tfrecords", checks.RAW_CHECKS, {"schema_and_labels", "has_records"}
-    ),
+    check_specs=checks.specs("raw_tfrecords", checks.RAW_CHECKS, checks.RAW_BLOCKING),
     kinds={"tfrecord"},
 )
 def raw_tfrecords(
@@ -76,9 +74,7 @@ class FilterConfig(dg.Config):
 @dg.asset(
     group_name=GROUP,
     partitions_def=shards,
-    check_specs=checks.specs(
-        "filtered_images", checks.FILTERED_CHECKS, {"kept_fraction", "pixels_schema"}
-    ),
+    check_specs=checks.specs("filtered_images", checks.FILTERED_CHECKS, checks.FILTERED_BLOCKING),
     kinds={"xarray", "parquet"},
 )
 def filtered_images(
@@ -90,16 +86,20 @@ def filtered_images(
     """Decoded images as uint8 (image, band, y, x), blank images removed, cloudy ones flagged.
 
     Reads the shard again and refuses it when its bytes differ from those raw_tfrecords
-    validated. See ``core.images`` for the blank and cloud rules.
+    validated. See ``core.images`` for the blank and cloud rules. When a blocking check fails
+    nothing is written to the lake, so whatever reads the lake reads checked data only.
     """
     report = RawShardReport.from_dict(raw_tfrecords)
     decoded = read_validated(storage.data_store(), report)
     ds, stats = filter_shard(
         decoded, cloud_policy=config.cloud_policy, max_cloud_fraction=config.max_cloud_fraction
     )
+    results = checks.filtered_checks(ds, stats)
+    stored = checks.blocking_passed(results, checks.FILTERED_BLOCKING)
     yield dg.Output(
-        ds,
+        ds if stored else None,  # None: the IO manager writes nothing, the lake stays clean
         metadata={
+            "stored": stored,
             "records_in": stats.records_in,
             "records_kept": stats.records_kept,
             "removed_blank": stats.removed_blank,
@@ -109,22 +109,21 @@ def filtered_images(
             "kept_label_counts": {str(k): v for k, v in stats.kept_label_counts.items()},
         },
     )
-    yield from checks.filtered_checks(ds, stats)
+    yield from results
 
 
 @dg.asset(
     group_name=GROUP,
     partitions_def=shards,
-    check_specs=checks.specs(
-        "spectral_indices", checks.INDICES_CHECKS, {"finite_values", "index_ranges"}
-    ),
+    check_specs=checks.specs("spectral_indices", checks.INDICES_CHECKS, checks.INDICES_BLOCKING),
     kinds={"xarray", "parquet"},
 )
 def spectral_indices(filtered_images: xr.Dataset) -> Iterator[dg.Output | dg.AssetCheckResult]:
     """NDVI, NDMI and EVI per pixel (int8, CF-scaled) and per-image mean and standard deviation.
 
     The per-image statistics are the reference that drift monitoring compares new drops with.
-    See ``core.indices`` for the zero-denominator rule and the EVI guard.
+    See ``core.indices`` for the zero-denominator rule and the EVI guard. Written to the lake
+    only when its blocking checks pass.
     """
     ds = shard_indices(filtered_images)
 
@@ -132,9 +131,12 @@ def spectral_indices(filtered_images: xr.Dataset) -> Iterator[dg.Output | dg.Ass
         values = ds[name].values
         return float(np.mean(values)) if values.size else float("nan")
 
+    results = checks.indices_checks(ds)
+    stored = checks.blocking_passed(results, checks.INDICES_BLOCKING)
     yield dg.Output(
-        ds,
+        ds if stored else None,
         metadata={
+            "stored": stored,
             "images": ds.sizes["image"],
             "mean_ndvi": shard_mean("ndvi_mean"),
             "mean_ndmi": shard_mean("ndmi_mean"),
@@ -142,7 +144,7 @@ def spectral_indices(filtered_images: xr.Dataset) -> Iterator[dg.Output | dg.Ass
             "evi_guarded_fraction": shard_mean("evi_guarded_fraction"),
         },
     )
-    yield from checks.indices_checks(ds)
+    yield from results
 
 
 ingest_assets = [raw_tfrecords, filtered_images, spectral_indices]

@@ -33,11 +33,21 @@ INDICES_CHECKS = {
 }
 
 
+RAW_BLOCKING = {"schema_and_labels", "has_records"}
+FILTERED_BLOCKING = {"kept_fraction", "pixels_schema"}
+INDICES_BLOCKING = {"finite_values", "index_ranges"}
+
+
 def specs(asset: str, checks: dict[str, str], blocking: set[str]) -> list[dg.AssetCheckSpec]:
     return [
         dg.AssetCheckSpec(name, asset=asset, description=text, blocking=name in blocking)
         for name, text in checks.items()
     ]
+
+
+def blocking_passed(results: list[dg.AssetCheckResult], blocking: set[str]) -> bool:
+    """Whether every blocking check passed: only then does the asset write to the lake."""
+    return all(r.passed for r in results if r.check_name in blocking)
 
 
 def raw_checks(report: RawShardReport) -> list[dg.AssetCheckResult]:
