@@ -13,7 +13,10 @@ def test_sample_data_to_s3_is_deterministic(tmp_path: Path, moto_endpoint, s3_bu
     monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path))
     monkeypatch.setenv("DROUGHTWATCH_S3_ENDPOINT_URL", moto_endpoint)
     args = ["sample-data", "--train", "120", "--val", "60", "--records-per-shard", "60"]
-    assert main([*args, "--drops", "2", "--records-per-drop", "30", "--dest", f"s3://{s3_bucket}/a"]) == 0
+    assert (
+        main([*args, "--drops", "2", "--records-per-drop", "30", "--dest", f"s3://{s3_bucket}/a"])
+        == 0
+    )
     assert main([*args, "--dest", str(tmp_path / "local")]) == 0
     s3 = open_store(f"s3://{s3_bucket}/a", endpoint_url=moto_endpoint)
     assert [i.key for i in s3.list("")] == [
