@@ -6,11 +6,11 @@ what a materialization does. Nothing here imports Dagster.
 
 from __future__ import annotations
 
-import hashlib
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import google_crc32c
 import xarray as xr
 
 from droughtwatch_assets.core.images import (
@@ -30,6 +30,12 @@ from droughtwatch_assets.core.tfrecord import (
 from droughtwatch_assets.storage import Store
 
 
+def shard_checksum(data: bytes) -> str:
+    """CRC-32C of the whole shard, the same hardware-accelerated checksum TFRecord uses per
+    record: it tells content apart at a few GB/s (sha256 cost 5 % of ingest time)."""
+    return f"crc32c:{google_crc32c.value(data):08x}"
+
+
 class ShardChangedError(RuntimeError):
     """The shard's bytes differ from the ones raw_tfrecords validated (it was rewritten since)."""
 
@@ -42,7 +48,7 @@ class RawShardReport:
     source: str
     source_version: str
     size: int
-    sha256: str
+    checksum: str  # "crc32c:<hex>" of the whole file
     valid: bool
     records: int = 0
     labelled: int = 0
@@ -73,7 +79,7 @@ def validate_raw_shard(
         source=source,
         source_version=source_version,
         size=len(data),
-        sha256=hashlib.sha256(data).hexdigest(),
+        checksum=shard_checksum(data),
         valid=True,
     )
     try:
@@ -93,11 +99,11 @@ def read_validated(store: Store, report: RawShardReport) -> DecodedShard:
     if not report.valid:
         raise ShardFormatError(report.key, f"raw_tfrecords found it invalid: {report.error}")
     data = store.read_bytes(report.key)
-    digest = hashlib.sha256(data).hexdigest()
-    if digest != report.sha256:
+    checksum = shard_checksum(data)
+    if checksum != report.checksum:
         raise ShardChangedError(
             f"shard {report.key!r} changed since raw_tfrecords validated it "
-            f"(sha256 {report.sha256[:12]}… then, {digest[:12]}… now); the drop sensor requests "
+            f"({report.checksum} then, {checksum} now); the drop sensor requests "
             "a new run for the new content: materialize raw_tfrecords for this partition again"
         )
     return decode_shard(data, report.key)

@@ -71,7 +71,7 @@ def test_dagster_asset_materialize_one_partition(env, sample_shard_path):
         ],
         env,
     )
-    assert (home / "lake" / "spectral_indices" / f"{KEY}.parquet").is_file()
+    assert (home / "lake" / "spectral_indices" / f"{KEY}.arrow").is_file()
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
         event = instance.get_latest_materialization_event(dg.AssetKey("filtered_images"))
         assert event.asset_materialization.partition == KEY

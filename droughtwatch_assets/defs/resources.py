@@ -6,7 +6,7 @@ from typing import Any
 import dagster as dg
 import xarray as xr
 
-from droughtwatch_assets.core.imagestack import dataset_from_parquet, dataset_to_parquet
+from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import Store, open_store
 
@@ -29,10 +29,16 @@ class StorageResource(dg.ConfigurableResource):
         return open_store(self.lake, endpoint_url=self.s3_endpoint_url)
 
 
-class LakeIOManager(dg.ConfigurableIOManager):
-    """Stores asset outputs in the lake: xarray Datasets as Parquet, dicts as JSON.
+def lake_key(asset: dg.AssetKey, partition: str | None, suffix: str) -> str:
+    """Where an asset's partition lives in the lake: ``<asset path>/<partition key><suffix>``."""
+    base = "/".join(asset.path)
+    return f"{base}/{partition}{suffix}" if partition is not None else f"{base}{suffix}"
 
-    One object per asset and partition (``<asset>/<partition key>.parquet``), written atomically,
+
+class LakeIOManager(dg.ConfigurableIOManager):
+    """Stores asset outputs in the lake: xarray Datasets as Arrow IPC files, dicts as JSON.
+
+    One object per asset and partition (``<asset>/<partition key>.arrow``), written atomically,
     so re-materializing a partition replaces exactly its own object and nothing else.
     """
 
@@ -44,22 +50,22 @@ class LakeIOManager(dg.ConfigurableIOManager):
 
     @staticmethod
     def _key(context: dg.OutputContext | dg.InputContext, suffix: str) -> str:
-        base = "/".join(context.asset_key.path)
+        partition = None
         if context.has_asset_partitions:
             partition_keys = list(context.asset_partition_keys)
             if len(partition_keys) != 1:
                 raise dg.DagsterInvariantViolationError(
-                    f"{base}: the lake stores one partition per object; "
-                    f"got {len(partition_keys)} partitions in one step"
+                    f"{context.asset_key.to_user_string()}: the lake stores one partition per "
+                    f"object; got {len(partition_keys)} partitions in one step"
                 )
-            return f"{base}/{partition_keys[0]}{suffix}"
-        return f"{base}{suffix}"
+            partition = partition_keys[0]
+        return lake_key(context.asset_key, partition, suffix)
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
         if isinstance(obj, xr.Dataset):
-            key, data = self._key(context, ".parquet"), dataset_to_parquet(obj)
+            key, data = self._key(context, ".arrow"), dataset_to_arrow(obj)
         elif isinstance(obj, dict):
             key = self._key(context, ".json")
             data = json.dumps(obj, indent=1, sort_keys=True).encode()
@@ -76,9 +82,9 @@ class LakeIOManager(dg.ConfigurableIOManager):
 
     def load_input(self, context: dg.InputContext) -> Any:
         wants_dataset = context.dagster_type.typing_type is xr.Dataset
-        key = self._key(context, ".parquet" if wants_dataset else ".json")
+        key = self._key(context, ".arrow" if wants_dataset else ".json")
         data = self._store().read_bytes(key)
-        return dataset_from_parquet(data) if wants_dataset else json.loads(data)
+        return dataset_from_arrow(data) if wants_dataset else json.loads(data)
 
 
 def build_resources(settings: Settings) -> dict[str, Any]:

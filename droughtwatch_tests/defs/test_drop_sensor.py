@@ -52,7 +52,7 @@ def test_new_drop_is_added_and_ingested_end_to_end(s3_settings, instance, sample
     # Execute the requested run; the next tick then asks for nothing.
     assert ingest(s3_settings, instance, DROP).success
     lake = open_store(s3_settings.lake, endpoint_url=s3_settings.s3_endpoint_url)
-    assert lake.exists(f"spectral_indices/{DROP}.parquet")
+    assert lake.exists(f"spectral_indices/{DROP}.arrow")
     assert tick(s3_settings, instance, result.cursor).run_requests == []
     # Even a tick that lost its cursor does not ask again: the lake knows the version.
     assert tick(s3_settings, instance, None).run_requests == []

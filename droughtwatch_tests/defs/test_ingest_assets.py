@@ -7,7 +7,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from droughtwatch_assets.core.imagestack import dataset_from_parquet
+from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import open_store
 from droughtwatch_tests.defs.helpers import copy_sample, ingest
@@ -66,9 +66,9 @@ def test_real_sample_shard_through_the_graph(local_settings, instance, sample_sh
     assert indices["mean_ndvi"] == pytest.approx(0.251, abs=0.005)
 
     lake = open_store(local_settings.lake)
-    images = dataset_from_parquet(lake.read_bytes(f"filtered_images/{KEY}.parquet"))
+    images = dataset_from_arrow(lake.read_bytes(f"filtered_images/{KEY}.arrow"))
     assert images["pixels"].dtype == "uint8" and images.sizes["image"] == 79
-    index_ds = dataset_from_parquet(lake.read_bytes(f"spectral_indices/{KEY}.parquet"))
+    index_ds = dataset_from_arrow(lake.read_bytes(f"spectral_indices/{KEY}.arrow"))
     assert index_ds["ndvi"].dtype == "int8" and index_ds.sizes["image"] == 79
     assert list(index_ds["id"].values) == list(images["id"].values)
 
@@ -76,7 +76,7 @@ def test_real_sample_shard_through_the_graph(local_settings, instance, sample_sh
 def test_materializing_twice_gives_the_same_outputs(local_settings, instance, sample_shard_path):
     copy_sample(Path(local_settings.data_root), KEY, sample_shard_path)
     lake = open_store(local_settings.lake)
-    keys = [f"filtered_images/{KEY}.parquet", f"spectral_indices/{KEY}.parquet"]
+    keys = [f"filtered_images/{KEY}.arrow", f"spectral_indices/{KEY}.arrow"]
     assert ingest(local_settings, instance, KEY).success
     first = [lake.read_bytes(k) for k in keys]
     assert ingest(local_settings, instance, KEY).success
@@ -85,7 +85,7 @@ def test_materializing_twice_gives_the_same_outputs(local_settings, instance, sa
 
 def test_remove_policy_drops_cloudy_images(local_settings, instance, sample_shard_path):
     copy_sample(Path(local_settings.data_root), KEY, sample_shard_path)
-    config = {"ops": {"filtered_images": {"config": {"cloud_policy": "remove"}}}}
+    config = {"ops": {"ingest_shard": {"config": {"cloud_policy": "remove"}}}}
     result = ingest(local_settings, instance, KEY, run_config=config)
     assert result.success
     filtered = metadata(result, "filtered_images")
@@ -113,44 +113,74 @@ def test_corrupt_shard_fails_its_checks_and_stays_out_of_the_lake(
     error = schema.metadata["error"].value
     assert bad in error and "record" in error and "crc" in error.lower()
     lake = open_store(local_settings.lake)
-    assert not lake.exists(f"filtered_images/{bad}.parquet")
-    assert not lake.exists(f"spectral_indices/{bad}.parquet")
+    assert not lake.exists(f"filtered_images/{bad}.arrow")
+    assert not lake.exists(f"spectral_indices/{bad}.arrow")
 
     # The other shard is untouched by the failure and ingests normally.
     assert ingest(local_settings, instance, good).success
-    assert lake.exists(f"spectral_indices/{good}.parquet")
+    assert lake.exists(f"spectral_indices/{good}.arrow")
     # The bad shard's bytes in the data root are kept as they were, for inspection.
     assert (data_root / bad).read_bytes() == bytes(corrupt)
 
 
-def test_shard_rewritten_after_validation_is_refused(local_settings, instance, sample_shard_path):
+def materialize_subset(settings, instance, selection: list[str]) -> dg.ExecuteInProcessResult:
     from droughtwatch_assets.definitions import build_definitions
 
-    data_root = Path(local_settings.data_root)
-    path = copy_sample(data_root, KEY, sample_shard_path)
-    instance.add_dynamic_partitions("shards", [KEY])
-    defs = build_definitions(local_settings)
-    assets = [defs.get_assets_def(k) for k in ("raw_tfrecords", "filtered_images")]
-    resources = {"storage": defs.resources["storage"], "io_manager": defs.resources["io_manager"]}
-    first = dg.materialize(assets[:1], partition_key=KEY, instance=instance, resources=resources)
-    assert first.success
-    path.write_bytes(path.read_bytes()[:-1000])  # rewritten (truncated) after validation
-    second = dg.materialize(
-        assets,
+    if not instance.has_dynamic_partition("shards", KEY):
+        instance.add_dynamic_partitions("shards", [KEY])
+    job = build_definitions(settings).resolve_job_def("ingest_job")
+    return job.execute_in_process(
         partition_key=KEY,
         instance=instance,
-        resources=resources,
         raise_on_error=False,
-        selection=["filtered_images"],
+        asset_selection=[dg.AssetKey(name) for name in selection],
     )
+
+
+def failure_messages(result: dg.ExecuteInProcessResult) -> str:
+    messages = []
+    for event in result.all_events:
+        if event.is_step_failure:
+            error = event.step_failure_data.error
+            while error is not None:
+                messages.append(error.message)
+                error = error.cause
+    return "\n".join(messages)
+
+
+def test_shard_rewritten_after_validation_is_refused(local_settings, instance, sample_shard_path):
+    path = copy_sample(Path(local_settings.data_root), KEY, sample_shard_path)
+    assert materialize_subset(local_settings, instance, ["raw_tfrecords"]).success
+    path.write_bytes(path.read_bytes()[:-1000])  # rewritten (truncated) after validation
+    second = materialize_subset(local_settings, instance, ["filtered_images"])
     assert not second.success
-    [failure] = [e for e in second.all_events if e.is_step_failure]
-    error, messages = failure.step_failure_data.error, []
-    while error is not None:
-        messages.append(error.message)
-        error = error.cause
-    assert "changed since raw_tfrecords validated it" in "\n".join(messages)
-    assert not open_store(local_settings.lake).exists(f"filtered_images/{KEY}.parquet")
+    assert "changed since raw_tfrecords validated it" in failure_messages(second)
+    assert not open_store(local_settings.lake).exists(f"filtered_images/{KEY}.arrow")
+
+
+def test_subsets_materialize_alone(local_settings, instance, sample_shard_path):
+    copy_sample(Path(local_settings.data_root), KEY, sample_shard_path)
+    lake = open_store(local_settings.lake)
+    # Indices before their filtered images exist: a clear error, nothing written.
+    early = materialize_subset(local_settings, instance, ["spectral_indices"])
+    assert not early.success
+    assert "materialize raw_tfrecords" in failure_messages(
+        early
+    ) or "materialize filtered_images" in failure_messages(early)
+    assert not lake.exists(f"spectral_indices/{KEY}.arrow")
+
+    assert materialize_subset(local_settings, instance, ["raw_tfrecords"]).success
+    assert materialize_subset(local_settings, instance, ["filtered_images"]).success
+    only_indices = materialize_subset(local_settings, instance, ["spectral_indices"])
+    assert only_indices.success
+    assert [e.check_name for e in only_indices.get_asset_check_evaluations()] == [
+        "finite_values",
+        "index_ranges",
+    ]
+    by_parts = lake.read_bytes(f"spectral_indices/{KEY}.arrow")
+    # The same as computing all three in one step.
+    assert ingest(local_settings, instance, KEY).success
+    assert lake.read_bytes(f"spectral_indices/{KEY}.arrow") == by_parts
 
 
 def test_ingest_with_data_root_and_lake_in_s3(s3_settings, instance, sample_shard_path):
@@ -162,11 +192,11 @@ def test_ingest_with_data_root_and_lake_in_s3(s3_settings, instance, sample_shar
     lake = open_store(s3_settings.lake, endpoint_url=s3_settings.s3_endpoint_url)
     keys = [info.key for info in lake.list("")]
     assert keys == [
-        f"filtered_images/{KEY}.parquet",
+        f"filtered_images/{KEY}.arrow",
         f"raw_tfrecords/{KEY}.json",
-        f"spectral_indices/{KEY}.parquet",
+        f"spectral_indices/{KEY}.arrow",
     ]
-    images = dataset_from_parquet(lake.read_bytes(f"filtered_images/{KEY}.parquet"))
+    images = dataset_from_arrow(lake.read_bytes(f"filtered_images/{KEY}.arrow"))
     assert images.sizes["image"] == 79
 
 
@@ -190,5 +220,5 @@ def test_shard_failing_a_blocking_filter_check_writes_nothing(local_settings, in
     assert "spectral_indices:finite_values" not in checks  # downstream never ran
     assert metadata(result, "filtered_images")["stored"] is False
     lake = open_store(local_settings.lake)
-    assert not lake.exists(f"filtered_images/{key}.parquet")
+    assert not lake.exists(f"filtered_images/{key}.arrow")
     assert lake.exists(f"raw_tfrecords/{key}.json")  # the validation report is kept

@@ -53,12 +53,14 @@ def blocking_passed(results: list[dg.AssetCheckResult], blocking: set[str]) -> b
 def raw_checks(report: RawShardReport) -> list[dg.AssetCheckResult]:
     return [
         dg.AssetCheckResult(
+            asset_key="raw_tfrecords",
             check_name="schema_and_labels",
             passed=report.valid,
             metadata={"error": report.error or "", "error_record": report.error_record or -1},
             description=report.error,
         ),
         dg.AssetCheckResult(
+            asset_key="raw_tfrecords",
             check_name="has_records",
             passed=report.records > 0,
             metadata={"records": report.records},
@@ -79,17 +81,20 @@ def filtered_checks(ds: xr.Dataset, stats: FilterStats) -> list[dg.AssetCheckRes
     )
     return [
         dg.AssetCheckResult(
+            asset_key="filtered_images",
             check_name="kept_fraction",
             passed=kept >= MIN_KEPT_FRACTION,
             metadata={"kept_fraction": kept, "threshold": MIN_KEPT_FRACTION},
         ),
         dg.AssetCheckResult(
+            asset_key="filtered_images",
             check_name="blank_fraction",
             passed=blank <= BLANK_WARN_FRACTION,
             severity=dg.AssetCheckSeverity.WARN,
             metadata={"blank_fraction": blank, "threshold": BLANK_WARN_FRACTION},
         ),
         dg.AssetCheckResult(
+            asset_key="filtered_images",
             check_name="pixels_schema",
             passed=bool(schema_ok),
             metadata={
@@ -112,11 +117,13 @@ def indices_checks(ds: xr.Dataset) -> list[dg.AssetCheckResult]:
     quantised_bad = {name: int((ds[name].values < -127).sum()) for name in ("ndvi", "ndmi", "evi")}
     return [
         dg.AssetCheckResult(
+            asset_key="spectral_indices",
             check_name="finite_values",
             passed=sum(non_finite.values()) == 0,
             metadata={f"non_finite_{k}": v for k, v in non_finite.items()},
         ),
         dg.AssetCheckResult(
+            asset_key="spectral_indices",
             check_name="index_ranges",
             passed=sum(out_of_range.values()) + sum(quantised_bad.values()) == 0,
             metadata={

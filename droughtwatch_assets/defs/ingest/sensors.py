@@ -5,19 +5,17 @@ from collections.abc import Callable
 
 import dagster as dg
 
-from droughtwatch_assets.defs.ingest.assets import ingest_job
+from droughtwatch_assets.defs.ingest.assets import RAW, ingest_job
 from droughtwatch_assets.defs.partitions import shards
-from droughtwatch_assets.defs.resources import StorageResource
+from droughtwatch_assets.defs.resources import StorageResource, lake_key
 from droughtwatch_assets.discovery import DiscoveryCursor, discover
 from droughtwatch_assets.storage import ObjectInfo, Store
-
-RAW_REPORT = "raw_tfrecords/{key}.json"
 
 
 def ingested_version(lake: Store, key: str) -> str | None:
     """The source version that raw_tfrecords last validated for this shard, if any."""
     try:
-        data = lake.read_bytes(RAW_REPORT.format(key=key))
+        data = lake.read_bytes(lake_key(RAW, key, ".json"))
     except KeyError:
         return None
     return json.loads(data).get("source_version")
