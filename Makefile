@@ -10,9 +10,11 @@ BIN := $(VENV)/bin
 export DROUGHTWATCH_HOME ?= $(CURDIR)/.droughtwatch
 export DAGSTER_HOME ?= $(DROUGHTWATCH_HOME)/dagster
 export UV_PYTHON_DOWNLOADS := never
+# MLflow 3 sends usage telemetry from a background thread unless told not to.
+export MLFLOW_DISABLE_TELEMETRY ?= true
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo dev test lint bench clean
+.PHONY: install demo dev mlflow-ui test lint bench clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -28,9 +30,14 @@ install: $(VENV)/.synced-$(TF)  ## create or update the environment from uv.lock
 demo: install  ## sample corpus + drops, discover, ingest, summary
 	$(BIN)/droughtwatch demo
 
-dev: install  ## Dagster UI on http://127.0.0.1:3000 with the drop sensor running
+dev: install  ## Dagster UI on :3000 (sensors, schedule, automation running) and MLflow UI on :5000
 	$(BIN)/droughtwatch home
-	$(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	$(BIN)/droughtwatch mlflow-ui > $(DROUGHTWATCH_HOME)/mlflow-ui.log 2>&1 & \
+	  trap 'kill $$! 2> /dev/null' EXIT INT TERM; \
+	  $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+
+mlflow-ui: install  ## MLflow UI alone on http://127.0.0.1:5000
+	$(BIN)/droughtwatch mlflow-ui
 
 lint: install
 	$(BIN)/ruff check droughtwatch_assets droughtwatch_tests

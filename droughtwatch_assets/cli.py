@@ -116,6 +116,10 @@ EMBEDDED_INSTANCE_YAML = """\
 # The embedded default instance: SQLite storage in this folder (Dagster's default).
 telemetry:
   enabled: false
+concurrency:
+  pools:
+    # The only pool is "training": one training at a time, never two on a small machine.
+    default_limit: 1
 """
 
 
@@ -250,6 +254,22 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if any(not o.ok for o in outcomes) else 0
 
 
+def cmd_mlflow_ui(args: argparse.Namespace, settings: Settings) -> int:
+    """The MLflow UI on the embedded (or configured) tracking store."""
+    from droughtwatch_assets.tracking import default_artifact_root, default_tracking_uri
+
+    mlflow = Path(sys.executable).with_name("mlflow")
+    command = [
+        str(mlflow), "ui",
+        "--backend-store-uri", default_tracking_uri(settings),
+        "--default-artifact-root", default_artifact_root(settings),
+        "--host", args.host, "--port", str(args.port),
+    ]  # fmt: skip
+    print(f"MLflow UI on http://{args.host}:{args.port}")
+    os.execv(command[0], command)
+    return 0  # not reached
+
+
 def cmd_home(args: argparse.Namespace, settings: Settings) -> int:
     home = prepare_dagster_home()
     print(f"DROUGHTWATCH_HOME={settings.home}")
@@ -260,10 +280,114 @@ def cmd_home(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# train and models
+
+
+def train(settings: Settings, variant: str, *, epochs: int | None = None) -> ShardOutcome:
+    """Run training_job for one variant in-process: corpus, training, registry and gate."""
+    from droughtwatch_assets.definitions import build_definitions
+
+    instance = _instance()
+    job = build_definitions(settings).resolve_job_def("training_job")
+    config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    if epochs is not None:
+        config["ops"] = {"trained_model": {"config": {"epochs": epochs}}}
+    result = job.execute_in_process(
+        partition_key=variant,
+        instance=instance,
+        raise_on_error=False,
+        run_config=config,
+        tags={"droughtwatch/trigger": "cli"},
+    )
+    outcome = ShardOutcome(variant, result.success)
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        for label, value in mat.metadata.items():
+            outcome.metadata[f"{mat.asset_key.to_user_string()}.{label}"] = _metadata_value(value)
+    for evaluation in result.get_asset_check_evaluations():
+        if not evaluation.passed:
+            outcome.failed_checks.append(evaluation.check_name)
+            outcome.error = evaluation.description or ""
+    if not result.success and not outcome.error:
+        outcome.error = "; ".join(
+            _root_cause(e.step_failure_data.error) or e.message or ""
+            for e in result.all_events
+            if e.is_step_failure
+        )
+    return outcome
+
+
+def print_training(outcome: ShardOutcome) -> None:
+    m = outcome.metadata
+    if "trained_model.val_accuracy" in m:
+        print(
+            f"trained {outcome.key}: val accuracy {m['trained_model.val_accuracy']:.3f}, "
+            f"macro F1 {m['trained_model.val_macro_f1']:.3f} "
+            f"(majority class: accuracy {m['trained_model.majority_val_accuracy']:.3f}), "
+            f"{m['trained_model.train_records']} training records, "
+            f"{m['trained_model.epochs']} epochs"
+        )
+    if "registered_model.version" in m:
+        verdict = "promoted to champion" if m["registered_model.promoted"] else "NOT promoted"
+        print(
+            f"registered {m['registered_model.model_name']} version "
+            f"{m['registered_model.version']}: {verdict}; {m['registered_model.reason']}"
+        )
+    if outcome.error and "registered_model.version" not in m:
+        print(f"training failed: {outcome.error}")
+
+
+def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
+    outcome = train(settings, args.variant, epochs=args.epochs)
+    print_training(outcome)
+    return 0 if outcome.ok else 1
+
+
+def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
+    from droughtwatch_assets import metricsdb
+    from droughtwatch_assets.core.variants import VARIANTS
+    from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
+
+    print("variants:")
+    for variant in VARIANTS.values():
+        print(
+            f"  {variant.name:9} {variant.network:15} epochs {variant.epochs:<4} "
+            f"features {','.join(variant.features)}"
+        )
+    tracking = Tracking(default_tracking_uri(settings), default_artifact_root(settings))
+    models = tracking.list_models()
+    print()
+    print("registered versions:" if models else "no registered models yet (droughtwatch train)")
+    for model in models:
+        for version in model["versions"]:
+            aliases = ",".join(version.get("aliases", [])) or "-"
+            accuracy, f1 = version.get("accuracy"), version.get("macro_f1")
+            print(
+                f"  {model['name']:24} v{version['version']:<4} {aliases:21} "
+                f"accuracy {'-' if accuracy is None else f'{accuracy:.3f}'}  "
+                f"macro F1 {'-' if f1 is None else f'{f1:.3f}'}"
+            )
+    history = metricsdb.promotion_history(metricsdb.connect(metricsdb.database_url(settings)))
+    if history:
+        print()
+        print("promotion decisions (newest first):")
+        for row in history[:20]:
+            verdict = "promoted" if row["promoted"] else "refused "
+            print(
+                f"  {row['recorded_at']:%Y-%m-%d %H:%M} {row['model_name']:24} "
+                f"v{row['challenger_version']:<4} {verdict} {row['reason']}"
+            )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from droughtwatch_assets import metricsdb
+    from droughtwatch_assets.tracking import default_tracking_uri
+
     data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
     if next(iter(data.list("", limit=1)), None) is None:
         print(f"generating a sample corpus in {data.uri}")
@@ -286,14 +410,21 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     found, skipped, outcomes = discover_and_materialize(settings, materialize=True)
     print_discovery(found, skipped, outcomes)
     print()
+    print(f"training baseline ({args.epochs} epochs) ...")
+    training = train(settings, "baseline", epochs=args.epochs)
+    print_training(training)
+    print()
     print("where things are:")
     print(f"  data root        {settings.data_root}")
     print(
         f"  lake             {settings.lake}  (raw_tfrecords/, filtered_images/, spectral_indices/)"
     )
     print(f"  dagster instance {os.environ.get('DAGSTER_HOME')}")
+    print(f"  MLflow           {default_tracking_uri(settings)}  (UI: make mlflow-ui)")
+    print(f"  metrics database {metricsdb.database_url(settings)}  (table promotions)")
+    print("  models           droughtwatch models")
     print("  UI               make dev  -> http://127.0.0.1:3000 (the drop sensor runs there)")
-    return 1 if any(not o.ok for o in outcomes) else 0
+    return 1 if any(not o.ok for o in outcomes) or not training.ok else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,13 +462,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--materialize", action="store_true", help="also run the ingest job for them")
     p.set_defaults(func=cmd_discover)
 
+    p = sub.add_parser("train", help="train, register and gate one variant (training_job)")
+    p.add_argument("variant", help="baseline, useful, ndvi, nd, full, dummy")
+    p.add_argument("--epochs", type=int, help="override the variant's epochs")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="variants, registered versions, aliases, promotions")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("mlflow-ui", help="the MLflow UI on the droughtwatch tracking store")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_mlflow_ui)
+
     p = sub.add_parser("home", help="create the Dagster home if missing and print the locations")
     p.set_defaults(func=cmd_home)
 
     p = sub.add_parser("demo", help="sample corpus + drops, discover, ingest, summary")
-    p.add_argument("--train", type=int, default=1000)
-    p.add_argument("--val", type=int, default=250)
-    p.add_argument("--records-per-shard", type=int, default=250)
+    p.add_argument("--train", type=int, default=3000)
+    p.add_argument("--val", type=int, default=1000)
+    p.add_argument("--records-per-shard", type=int, default=500)
+    p.add_argument("--epochs", type=int, default=2, help="baseline epochs (default 2)")
     p.add_argument("--drops", type=int, default=3)
     p.add_argument("--records-per-drop", type=int, default=120)
     p.add_argument("--seed", type=int, default=0)

@@ -1,14 +1,20 @@
 """Resources shared by every domain: the data root and lake stores, and the lake IO manager."""
 
+import functools
 import json
+import os
 from typing import Any
 
 import dagster as dg
+import sqlalchemy as sa
 import xarray as xr
+
+from droughtwatch_assets import metricsdb
 
 from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import Store, open_store
+from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -87,8 +93,50 @@ class LakeIOManager(dg.ConfigurableIOManager):
         return dataset_from_arrow(data) if wants_dataset else json.loads(data)
 
 
+class MlflowResource(dg.ConfigurableResource):
+    """MLflow tracking and registry through droughtwatch's own ``Tracking`` wrapper.
+
+    Not dagster-mlflow: its end-of-run hook leaves MLflow runs RUNNING when only some assets of
+    a job are materialized, and a later run in the same process reuses that MLflow run (see
+    ``droughtwatch_assets.tracking``). Here every training starts and ends its own run.
+    """
+
+    tracking_uri: str
+    artifact_root: str | None = None
+    experiment: str = "droughtwatch"
+    s3_endpoint_url: str | None = None
+
+    def tracking(self) -> Tracking:
+        if self.s3_endpoint_url:
+            # MLflow's S3 artifact client reads its own variable, not ours.
+            os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", self.s3_endpoint_url)
+        return Tracking(self.tracking_uri, self.artifact_root, self.experiment)
+
+
+class MetricsDbResource(dg.ConfigurableResource):
+    """The monitoring database: SQLite under DROUGHTWATCH_HOME, or any SQLAlchemy URL."""
+
+    url: str
+
+    def engine(self) -> sa.Engine:
+        return _engine(self.url)
+
+
+@functools.cache
+def _engine(url: str) -> sa.Engine:
+    # One pooled engine per database per process: a new engine per call would pile up
+    # PostgreSQL connections.
+    return metricsdb.connect(url)
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
     return {
+        "mlflow": MlflowResource(
+            tracking_uri=default_tracking_uri(settings),
+            artifact_root=default_artifact_root(settings),
+            s3_endpoint_url=settings.s3_endpoint_url,
+        ),
+        "metrics_db": MetricsDbResource(url=metricsdb.database_url(settings)),
         "storage": StorageResource(
             data_root=settings.data_root,
             lake=settings.lake,

@@ -1,0 +1,424 @@
+"""Train and evaluate a variant on lake shards, streamed through tf.data with bounded memory.
+
+Shards are loaded one at a time, only when the pipeline reaches them; examples stay compact
+integers (int16) until a batch is cast to float32; scaling is the model's first layer.
+TensorFlow and Keras are imported lazily, inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+
+from droughtwatch_assets.core.metrics import (
+    NUM_CLASSES,
+    ClassificationMetrics,
+    classification_metrics,
+    majority_metrics,
+)
+from droughtwatch_assets.core.models import build_model
+from droughtwatch_assets.core.tfrecord import IMAGE_SIDE, UNLABELLED
+from droughtwatch_assets.core.variants import (
+    BAND_FEATURES,
+    INDEX_FEATURES,
+    Variant,
+    VariantError,
+    with_overrides,
+)
+
+if TYPE_CHECKING:
+    import tensorflow as tf
+
+# Bands are 0..255 and index codes -127..127: int16 holds both at 2 bytes per value.
+FEATURE_DTYPE = np.int16
+HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+_PREFETCH_BATCHES = 2
+
+
+@dataclass(frozen=True)
+class ShardSource:
+    """One shard of the lake: its key and a loader for (filtered_images, spectral_indices)."""
+
+    key: str
+    load: Callable[[], tuple[xr.Dataset, xr.Dataset]]
+
+
+def shard_features(
+    filtered: xr.Dataset, indices: xr.Dataset, features: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Model inputs of one shard's labelled images: x (n, 65, 65, len(features)) int16 holding
+    raw values (bands 0..255, index codes -127..127) in `features` order, and y (n,) int8.
+
+    `indices` is aligned to `filtered` by `id`: same order is the norm; a permutation of the same
+    ids is reordered; anything else (missing, extra or duplicate ids, disagreeing labels) raises
+    ValueError. Unlabelled images (label -1) are dropped.
+    """
+    features = tuple(features)
+    unknown = [f for f in features if f not in BAND_FEATURES + INDEX_FEATURES]
+    if unknown:
+        raise VariantError(
+            f"unknown feature(s) {', '.join(map(repr, unknown))}; valid features are "
+            f"{', '.join(BAND_FEATURES + INDEX_FEATURES)}"
+        )
+    if "pixels" not in filtered:
+        raise ValueError(f"filtered dataset has no 'pixels' variable; it has {list(filtered)}")
+    ids = filtered["id"].values
+    index_ids = indices["id"].values
+    if not np.array_equal(ids, index_ids):
+        indices = _align(indices, ids)
+    labels = filtered["label"].values
+    if not np.array_equal(labels, indices["label"].values):
+        bad = int(np.flatnonzero(labels != indices["label"].values)[0])
+        raise ValueError(
+            f"image {str(ids[bad])!r} has label {int(labels[bad])} in the filtered images but "
+            f"{int(indices['label'].values[bad])} in the spectral indices"
+        )
+    keep = labels != UNLABELLED
+    all_kept = bool(keep.all())
+    n = int(np.count_nonzero(keep))
+    x = np.empty((n, IMAGE_SIDE, IMAGE_SIDE, len(features)), dtype=FEATURE_DTYPE)
+    bands = [str(b) for b in filtered["band"].values]
+    pixels = filtered["pixels"].values
+    for channel, feature in enumerate(features):
+        if feature in BAND_FEATURES:
+            if feature not in bands:
+                raise ValueError(f"filtered images have no band {feature!r}; bands are {bands}")
+            values = pixels[:, bands.index(feature)]
+        else:
+            if feature not in indices:
+                raise ValueError(
+                    f"spectral indices have no variable {feature!r}; they have {list(indices)}"
+                )
+            values = indices[feature].values
+            if values.dtype != np.int8:
+                raise ValueError(
+                    f"index {feature!r} must be stored as int8 codes, got {values.dtype} "
+                    "(was the dataset CF-decoded?)"
+                )
+        x[..., channel] = values if all_kept else values[keep]
+    return x, labels[keep].astype(np.int8)
+
+
+def _align(indices: xr.Dataset, ids: np.ndarray) -> xr.Dataset:
+    index_ids = indices["id"].values
+    if len(set(index_ids.tolist())) != index_ids.size or len(set(ids.tolist())) != ids.size:
+        raise ValueError("image ids are not unique, so indices cannot be aligned to images")
+    missing = sorted(set(ids.tolist()) - set(index_ids.tolist()))
+    extra = sorted(set(index_ids.tolist()) - set(ids.tolist()))
+    if missing or extra:
+        raise ValueError(
+            f"spectral indices do not match the filtered images: {len(missing)} image id(s) "
+            f"without indices (first {missing[:3]}), {len(extra)} index id(s) without an image "
+            f"(first {extra[:3]})"
+        )
+    position = {image_id: i for i, image_id in enumerate(index_ids.tolist())}
+    return indices.isel(image=[position[i] for i in ids.tolist()])
+
+
+@dataclass
+class _PassStats:
+    records: int = 0
+    label_counts: np.ndarray = field(default_factory=lambda: np.zeros(NUM_CLASSES, np.int64))
+    shards: list[str] = field(default_factory=list)
+
+
+class _ShardStream:
+    """Generator factory for tf.data: each call is one pass over the shards, loading each only
+    when the pipeline needs its records. Records of the first complete pass are kept in
+    `first_pass` (the trainer's record count and class balance)."""
+
+    def __init__(
+        self,
+        sources: Sequence[ShardSource],
+        features: tuple[str, ...],
+        *,
+        shuffle: bool,
+        seed: int,
+        max_records: int | None,
+    ) -> None:
+        self.sources = list(sources)
+        self.features = features
+        self.shuffle = shuffle
+        self.seed = seed
+        self.max_records = max_records
+        self.passes = 0
+        self.loads = 0
+        self.first_pass: _PassStats | None = None
+
+    def order(self, pass_number: int) -> list[ShardSource]:
+        if not self.shuffle:
+            return self.sources
+        # A fresh shard order every epoch, reproducible from (seed, epoch).
+        permutation = np.random.default_rng([self.seed, pass_number]).permutation(len(self.sources))
+        return [self.sources[i] for i in permutation]
+
+    def __call__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        pass_number = self.passes
+        self.passes += 1
+        stats = _PassStats()
+        remaining = self.max_records
+        for source in self.order(pass_number):
+            if remaining is not None and remaining <= 0:
+                break
+            x, y = self.load(source)
+            if remaining is not None:
+                x, y = x[:remaining], y[:remaining]
+                remaining -= len(y)
+            stats.records += len(y)
+            stats.label_counts += np.bincount(y.astype(np.int64), minlength=NUM_CLASSES)
+            stats.shards.append(source.key)
+            if len(y):
+                yield x, y
+        if self.first_pass is None:
+            self.first_pass = stats
+
+    def load(self, source: ShardSource) -> tuple[np.ndarray, np.ndarray]:
+        self.loads += 1
+        try:
+            filtered, indices = source.load()
+            return shard_features(filtered, indices, self.features)
+        except Exception as exc:
+            # tf.data re-raises generator errors as its own type: keep the shard in the text.
+            raise ValueError(f"shard {source.key!r}: {exc}") from exc
+
+
+def _to_model_inputs(x: Any, y: Any) -> tuple[Any, Any]:
+    import tensorflow as tf
+
+    return tf.cast(x, tf.float32), tf.one_hot(tf.cast(y, tf.int32), NUM_CLASSES)
+
+
+def _check_max_records(max_records: int | None) -> None:
+    if max_records is not None and (isinstance(max_records, bool) or max_records < 1):
+        raise ValueError(f"max_records must be a positive integer or None, got {max_records!r}")
+
+
+def _stream_dataset(
+    sources: Sequence[ShardSource],
+    variant: Variant,
+    *,
+    training: bool,
+    max_records: int | None,
+    shuffle_buffer: int,
+    seed: int | None,
+) -> tuple[tf.data.Dataset, _ShardStream]:
+    import tensorflow as tf
+
+    variant.validate()
+    _check_max_records(max_records)
+    if shuffle_buffer < 1:
+        raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
+    seed = variant.seed if seed is None else seed
+    stream = _ShardStream(
+        sources, variant.features, shuffle=training, seed=seed, max_records=max_records
+    )
+    channels = len(variant.features)
+    dataset = tf.data.Dataset.from_generator(
+        stream,
+        output_signature=(
+            tf.TensorSpec((None, IMAGE_SIDE, IMAGE_SIDE, channels), tf.int16),
+            tf.TensorSpec((None,), tf.int8),
+        ),
+    ).unbatch()
+    if training:
+        # Shuffled while still int16: the buffer costs 2 bytes per value, not 4.
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(variant.batch_size).map(_to_model_inputs)
+    return dataset.prefetch(_PREFETCH_BATCHES), stream
+
+
+def make_dataset(
+    sources: Sequence[ShardSource],
+    variant: Variant,
+    *,
+    training: bool,
+    max_records: int | None = None,
+    shuffle_buffer: int = 2048,
+    seed: int | None = None,
+) -> tf.data.Dataset:
+    """Batches of (x float32 raw values (b, 65, 65, c), y one-hot float32 (b, 4)).
+
+    Memory is bounded by one or two shards plus `shuffle_buffer` examples plus two batches,
+    whatever the number of shards. When training, the shard order is reshuffled each pass
+    (seeded by `seed`, default the variant's) and examples are shuffled within the buffer.
+    `max_records` caps the labelled records per pass: shards beyond the cap are never loaded.
+    """
+    dataset, _ = _stream_dataset(
+        sources,
+        variant,
+        training=training,
+        max_records=max_records,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+    )
+    return dataset
+
+
+def in_memory_dataset(
+    x: np.ndarray, y: np.ndarray, variant: Variant, *, training: bool, seed: int | None = None
+) -> tf.data.Dataset:
+    """The same batches as `make_dataset`, from in-memory arrays (x raw values, y int labels)."""
+    import tensorflow as tf
+
+    variant.validate()
+    x = np.asarray(x)
+    y = np.asarray(y)
+    expected = (IMAGE_SIDE, IMAGE_SIDE, len(variant.features))
+    if x.ndim != 4 or x.shape[1:] != expected or y.shape != (x.shape[0],):
+        raise ValueError(
+            f"x must be (n, {', '.join(map(str, expected))}) with y (n,), got x {x.shape}, "
+            f"y {y.shape}"
+        )
+    dataset = tf.data.Dataset.from_tensor_slices((x, y))
+    if training:
+        seed = variant.seed if seed is None else seed
+        dataset = dataset.shuffle(len(y), seed=seed, reshuffle_each_iteration=True)
+    dataset = dataset.batch(variant.batch_size).map(_to_model_inputs)
+    return dataset.prefetch(_PREFETCH_BATCHES)
+
+
+@dataclass
+class TrainingResult:
+    """A trained model and what its run measured."""
+
+    model: Any
+    history: dict[str, list[float]]  # per epoch: loss, accuracy, val_loss, val_accuracy
+    train_records: int
+    val_records: int
+    val_metrics: ClassificationMetrics
+    majority: ClassificationMetrics  # val labels scored by always predicting the train majority
+    train_shards: list[str]
+    val_shards: list[str]
+
+
+def set_determinism(seed: int) -> None:
+    """Seed Python, NumPy, TensorFlow and Keras, and make TF ops deterministic (idempotent)."""
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
+def _require_sources(sources: Sequence[ShardSource], role: str, variant: Variant) -> None:
+    if not sources:
+        raise ValueError(f"variant {variant.name!r}: no {role} shards to train on")
+    keys = [s.key for s in sources]
+    if len(set(keys)) != len(keys):
+        duplicates = sorted({k for k in keys if keys.count(k) > 1})
+        raise ValueError(f"variant {variant.name!r}: {role} shards repeat: {duplicates}")
+
+
+def train_variant(
+    variant: Variant,
+    train: Sequence[ShardSource],
+    val: Sequence[ShardSource],
+    *,
+    epochs: int | None = None,
+    max_records: int | None = None,
+    callbacks: Sequence[Any] = (),
+    verbose: int = 0,
+) -> TrainingResult:
+    """Train `variant` (with `epochs` overriding its own) and evaluate it on `val`.
+
+    Checks the variant and the arguments before any shard is loaded. Seeded and deterministic
+    on CPU: the same variant and shards give identical weights. With 0 epochs the untrained
+    model is still evaluated. `max_records` caps the records per pass of train and of val.
+    """
+    variant = with_overrides(variant, epochs=epochs).validate()
+    _require_sources(train, "train", variant)
+    _require_sources(val, "val", variant)
+    _check_max_records(max_records)
+
+    set_determinism(variant.seed)
+    model = build_model(variant)
+    train_data, train_stream = _stream_dataset(
+        train,
+        variant,
+        training=True,
+        max_records=max_records,
+        shuffle_buffer=2048,
+        seed=variant.seed,
+    )
+    history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
+    if variant.epochs > 0:
+        val_data = make_dataset(val, variant, training=False, max_records=max_records)
+        with warnings.catch_warnings():
+            # Streams have no known length, so Keras learns the epoch length from the first
+            # epoch and warns that the data "ran out"; that end is the intended one.
+            warnings.filterwarnings("ignore", message="Your input ran out of data")
+            fitted = model.fit(
+                train_data,
+                validation_data=val_data,
+                epochs=variant.epochs,
+                class_weight=variant.class_weight_map,
+                callbacks=list(callbacks),
+                verbose=verbose,
+                shuffle=False,  # the stream shuffles shards and examples itself
+            )
+        history.update({k: [float(v) for v in values] for k, values in fitted.history.items()})
+    else:
+        # Nothing to fit, but the majority baseline still needs the train class balance.
+        for _ in train_stream():
+            pass
+    train_pass = train_stream.first_pass
+    assert train_pass is not None  # one full pass has run (fit's first epoch, or above)
+
+    val_metrics, y_val, _ = evaluate(model, val, variant, max_records=max_records)
+    # argmax takes the lowest label on ties, so the baseline is deterministic.
+    majority_class = int(np.argmax(train_pass.label_counts))
+    return TrainingResult(
+        model=model,
+        history=history,
+        train_records=train_pass.records,
+        val_records=int(y_val.size),
+        val_metrics=val_metrics,
+        majority=majority_metrics(y_val, majority_class),
+        train_shards=[s.key for s in train],
+        val_shards=[s.key for s in val],
+    )
+
+
+def predict(
+    model: Any,
+    sources_or_dataset: Sequence[ShardSource] | tf.data.Dataset,
+    variant: Variant,
+    *,
+    max_records: int | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (n, 4) float32 and the true labels (n,) int8, in stream order.
+
+    Takes shard sources (streamed unshuffled) or a dataset of (x, one-hot y) batches.
+    """
+    import tensorflow as tf
+
+    if isinstance(sources_or_dataset, tf.data.Dataset):
+        dataset = sources_or_dataset
+    else:
+        dataset = make_dataset(sources_or_dataset, variant, training=False, max_records=max_records)
+    probabilities: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    for x, y in dataset:
+        probabilities.append(model(x, training=False).numpy().astype(np.float32, copy=False))
+        labels.append(np.argmax(y.numpy(), axis=-1).astype(np.int8))
+    if not labels:
+        return np.empty((0, NUM_CLASSES), np.float32), np.empty(0, np.int8)
+    return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def evaluate(
+    model: Any,
+    sources: Sequence[ShardSource],
+    variant: Variant,
+    *,
+    max_records: int | None = None,
+) -> tuple[ClassificationMetrics, np.ndarray, np.ndarray]:
+    """Metrics of the argmax predictions on `sources`, the true labels and the probabilities."""
+    probabilities, y_true = predict(model, sources, variant, max_records=max_records)
+    y_pred = np.argmax(probabilities, axis=-1) if len(y_true) else np.empty(0, np.int64)
+    return classification_metrics(y_true, y_pred), y_true, probabilities

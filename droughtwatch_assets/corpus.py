@@ -1,0 +1,57 @@
+"""The labelled training corpus as the lake holds it: which shards training may use.
+
+Only shards whose filtered images and spectral indices passed their blocking checks are in the
+lake (the ingest writes nothing else), so a shard is usable when both objects exist. Shards
+under ``train/`` are fitted on, shards under ``val/`` validate. The fingerprint changes exactly
+when a usable shard appears, disappears or is rewritten, so schedules and sensors can tell
+"nothing changed" without reading any pixels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+
+from droughtwatch_assets.storage import Store
+
+SPLITS = ("train", "val")
+FILTERED = "filtered_images"
+INDICES = "spectral_indices"
+SUFFIX = ".arrow"
+
+
+@dataclass(frozen=True)
+class CorpusManifest:
+    train: list[str] = field(default_factory=list)
+    val: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CorpusManifest:
+        return cls(list(data["train"]), list(data["val"]), data["fingerprint"])
+
+
+def _stored(lake: Store, asset: str, split: str) -> dict[str, str]:
+    prefix = f"{asset}/{split}/"
+    return {
+        info.key[len(asset) + 1 : -len(SUFFIX)]: info.version
+        for info in lake.list(prefix)
+        if info.key.endswith(SUFFIX)
+    }
+
+
+def corpus_manifest(lake: Store) -> CorpusManifest:
+    """List the usable labelled shards: one listing per asset and split."""
+    splits: dict[str, list[str]] = {}
+    versions: list[tuple[str, str, str]] = []
+    for split in SPLITS:
+        filtered, indices = _stored(lake, FILTERED, split), _stored(lake, INDICES, split)
+        keys = sorted(filtered.keys() & indices.keys())
+        splits[split] = keys
+        versions += [(key, filtered[key], indices[key]) for key in keys]
+    digest = hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]
+    return CorpusManifest(splits["train"], splits["val"], digest)

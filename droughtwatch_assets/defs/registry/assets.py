@@ -1,0 +1,135 @@
+"""The registry: each training becomes a model version, promoted to champion only through the
+gate (a blocking check), with every decision recorded."""
+
+import datetime as dt
+
+import dagster as dg
+
+from droughtwatch_assets import metricsdb
+from droughtwatch_assets.core.promotion import GateDecision, promotion_gate
+from droughtwatch_assets.core.training import evaluate
+from droughtwatch_assets.core.variants import get_variant
+from droughtwatch_assets.defs.partitions import variants
+from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
+from droughtwatch_assets.defs.training.assets import shard_sources
+from droughtwatch_assets.tracking import model_name
+
+GROUP = "registry"
+CHALLENGER, CHAMPION = "challenger", "champion"
+
+
+class GateConfig(dg.Config):
+    margin: float = 0.10
+    """Macro F1 the challenger must have above always predicting the majority class."""
+    tolerance: float = 0.0
+    """How much worse than the champion (macro F1, same val shards) still counts as no worse."""
+    accuracy_slack: float = 0.25
+    """How far below the majority guess's accuracy the challenger may be (see core.promotion)."""
+
+
+@dg.asset(
+    group_name=GROUP,
+    partitions_def=variants,
+    check_specs=[
+        dg.AssetCheckSpec(
+            "promotion_gate",
+            asset="registered_model",
+            blocking=True,
+            description="The challenger beats the majority-class baseline by the margin "
+            "(macro F1) and is no worse than the champion on the same val shards.",
+        )
+    ],
+    kinds={"mlflow"},
+)
+def registered_model(
+    context: dg.AssetExecutionContext,
+    config: GateConfig,
+    storage: StorageResource,
+    mlflow: MlflowResource,
+    metrics_db: MetricsDbResource,
+    trained_model: dict,
+):
+    """A new version of ``droughtwatch-<variant>`` with the alias ``challenger``; ``champion``
+    moves to it only when the promotion gate passes. Every decision, promotion or refusal, is a
+    row in the monitoring database's ``promotions`` table and in this asset's metadata."""
+    variant = get_variant(context.partition_key)
+    tracking = mlflow.tracking()
+    name = model_name(variant.name)
+    champion_version = tracking.alias_version(variant.name, CHAMPION)
+    version = tracking.register(
+        trained_model["model_uri"], variant.name, run_id=trained_model["mlflow_run_id"]
+    )
+    tracking.set_alias(variant.name, CHALLENGER, version)
+
+    champion_metrics = None
+    if champion_version is not None:
+        # The champion is measured again on exactly the challenger's val shards.
+        val = shard_sources(storage.lake_store(), trained_model["val_shards"])
+        champion_model = tracking.load_model(variant.name, version=champion_version)
+        measured, _, _ = evaluate(champion_model, val, variant)
+        champion_metrics = measured.as_dict()
+    decision: GateDecision = promotion_gate(
+        challenger=trained_model["val_metrics"],
+        champion=champion_metrics,
+        majority=trained_model["majority_metrics"],
+        margin=config.margin,
+        tolerance=config.tolerance,
+        accuracy_slack=config.accuracy_slack,
+    )
+    if decision.promote:
+        tracking.set_alias(variant.name, CHAMPION, version)
+    context.log.info(f"{name} v{version}: {decision.reason}")
+    metricsdb.record_promotion(
+        metrics_db.engine(),
+        {
+            "recorded_at": dt.datetime.now(dt.UTC),
+            "model_name": name,
+            "variant": variant.name,
+            "challenger_version": version,
+            "champion_version": champion_version,
+            "promoted": decision.promote,
+            "metric": decision.metric,
+            "challenger_value": decision.challenger,
+            "champion_value": decision.champion,
+            "majority_value": decision.majority,
+            "challenger_accuracy": decision.challenger_accuracy,
+            "majority_accuracy": decision.majority_accuracy,
+            "margin": decision.margin,
+            "tolerance": decision.tolerance,
+            "reason": decision.reason,
+            "dagster_run_id": context.run.run_id,
+            "mlflow_run_id": trained_model["mlflow_run_id"],
+        },
+    )
+    current_champion = version if decision.promote else champion_version
+    yield dg.Output(
+        {
+            "model_name": name,
+            "version": version,
+            "promoted": decision.promote,
+            "champion_version": current_champion,
+            "reason": decision.reason,
+        },
+        metadata={
+            "model_name": name,
+            "version": version,
+            "promoted": decision.promote,
+            "champion_version": current_champion or "none",
+            "previous_champion": champion_version or "none",
+            "reason": decision.reason,
+        },
+    )
+    yield dg.AssetCheckResult(
+        check_name="promotion_gate",
+        passed=decision.promote,
+        description=decision.reason,
+        metadata={
+            "metric": decision.metric,
+            "challenger": decision.challenger,
+            "champion": decision.champion if decision.champion is not None else -1.0,
+            "majority": decision.majority,
+            "margin": decision.margin,
+        },
+    )
+
+

@@ -1,0 +1,1 @@
+"""Training: the labelled corpus, one Keras model per variant, tracked in MLflow."""

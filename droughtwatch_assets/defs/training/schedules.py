@@ -1,0 +1,65 @@
+"""When training runs: a daily schedule for baseline, and a sensor on new labelled shards.
+
+Both ask for the same run key, ``<variant>@<corpus fingerprint>``, and both skip when the corpus
+fingerprint equals the one the variant's last training recorded: nothing changed, no retrain.
+"""
+
+import json
+
+import dagster as dg
+
+from droughtwatch_assets.corpus import corpus_manifest
+from droughtwatch_assets.defs.resources import StorageResource, lake_key
+from droughtwatch_assets.defs.training.jobs import training_job
+from droughtwatch_assets.storage import ObjectNotFound, Store
+
+SCHEDULED_VARIANT = "baseline"
+
+
+def last_trained_fingerprint(lake: Store, variant: str) -> str | None:
+    try:
+        data = lake.read_bytes(lake_key(dg.AssetKey("trained_model"), variant, ".json"))
+    except ObjectNotFound:
+        return None
+    return json.loads(data).get("corpus_fingerprint")
+
+
+def retrain_request(storage: StorageResource, variant: str) -> dg.RunRequest | dg.SkipReason:
+    lake = storage.lake_store()
+    manifest = corpus_manifest(lake)
+    if not manifest.train or not manifest.val:
+        return dg.SkipReason(
+            f"no labelled corpus yet ({len(manifest.train)} train, {len(manifest.val)} val shards)"
+        )
+    if last_trained_fingerprint(lake, variant) == manifest.fingerprint:
+        return dg.SkipReason(
+            f"{variant}: no labelled shard changed since its last training "
+            f"(corpus {manifest.fingerprint})"
+        )
+    return dg.RunRequest(
+        run_key=f"{variant}@{manifest.fingerprint}",
+        partition_key=variant,
+        tags={"droughtwatch/corpus": manifest.fingerprint},
+    )
+
+
+@dg.schedule(
+    job=training_job,
+    cron_schedule="0 3 * * *",
+    execution_timezone="UTC",
+    description="Retrains baseline every day at 03:00 UTC, as the earlier project did, unless "
+    "no labelled shard changed since its last training.",
+)
+def baseline_daily(context: dg.ScheduleEvaluationContext, storage: StorageResource):
+    return retrain_request(storage, SCHEDULED_VARIANT)
+
+
+@dg.asset_sensor(
+    asset_key=dg.AssetKey("training_corpus"),
+    job=training_job,
+    minimum_interval_seconds=60,
+    description="When training_corpus (kept current by declarative automation) lists a changed "
+    "set of labelled shards, retrains baseline.",
+)
+def retrain_on_new_labels(context: dg.SensorEvaluationContext, asset_event, storage: StorageResource):
+    return retrain_request(storage, SCHEDULED_VARIANT)

@@ -1,0 +1,181 @@
+"""Training, MLflow tracking and the registry gate, end to end on a tiny generated corpus.
+
+A few hundred generated records, a couple of epochs on the CPU: the real Keras training, a real
+MLflow store (SQLite under the test's home) and the real metrics database.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from mlflow import MlflowClient
+
+from droughtwatch_assets import metricsdb
+from droughtwatch_assets.core.synthetic import iter_benchmark_shards
+from droughtwatch_assets.definitions import build_definitions
+from droughtwatch_assets.defs.training.schedules import baseline_daily
+from droughtwatch_assets.settings import Settings
+from droughtwatch_assets.storage import open_store
+from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
+from droughtwatch_tests.defs.helpers import ingest
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def home(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("training")
+
+
+@pytest.fixture(scope="module")
+def settings(home: Path) -> Settings:
+    return Settings(home, str(home / "data"), str(home / "lake"), None)
+
+
+@pytest.fixture(scope="module")
+def instance():
+    with dg.instance_for_test() as inst:
+        yield inst
+
+
+@pytest.fixture(scope="module")
+def corpus(settings: Settings, instance) -> list[str]:
+    """1,200 train and 400 val generated records, ingested through the real ingest job."""
+    store = open_store(settings.data_root)
+    keys = []
+    for shard in iter_benchmark_shards(
+        train_records=1200, val_records=400, records_per_shard=400, seed=7
+    ):
+        store.write_bytes(shard.key, shard.data)
+        keys.append(shard.key)
+    for key in keys:
+        assert ingest(settings, instance, key).success
+    return keys
+
+
+def train(settings, instance, variant: str, **config) -> dg.ExecuteInProcessResult:
+    job = build_definitions(settings).resolve_job_def("training_job")
+    run_config = {"ops": {"trained_model": {"config": config}}} if config else {}
+    return job.execute_in_process(
+        partition_key=variant, instance=instance, raise_on_error=False, run_config=run_config
+    )
+
+
+def materialization(result, asset: str) -> dict:
+    [event] = [
+        e.step_materialization_data.materialization
+        for e in result.get_asset_materialization_events()
+        if e.step_materialization_data.materialization.asset_key == dg.AssetKey(asset)
+    ]
+    return {k: getattr(v, "value", v) for k, v in event.metadata.items()}
+
+
+def gate(result) -> dg.AssetCheckEvaluation:
+    [evaluation] = [
+        e for e in result.get_asset_check_evaluations() if e.check_name == "promotion_gate"
+    ]
+    return evaluation
+
+
+def tracking(settings) -> Tracking:
+    return Tracking(default_tracking_uri(settings), default_artifact_root(settings))
+
+
+def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
+    result = train(settings, instance, "baseline", epochs=2)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+
+    corpus_meta = materialization(result, "training_corpus")
+    assert (corpus_meta["train_shards"], corpus_meta["val_shards"]) == (3, 1)
+
+    trained = materialization(result, "trained_model")
+    assert trained["train_records"] > 1100  # 1,200 less the blank images
+    assert 0.0 < trained["val_accuracy"] <= 1.0
+    assert "true \\ predicted" in trained["confusion_matrix"]
+    for k in range(4):
+        assert f"precision_{k}" in trained and f"recall_{k}" in trained
+
+    # The MLflow run: the whole variant, per-epoch history, metrics, artifacts, lineage tags.
+    client = MlflowClient(default_tracking_uri(settings))
+    run = client.get_run(trained["mlflow_run_id"])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["learning_rate"] == "0.0005"
+    assert run.data.params["features"] == "B2,B3,B4,B5" or "B2" in run.data.params["features"]
+    assert run.data.params["epochs"] == "2"
+    assert run.data.tags["dagster.partition"] == "baseline"
+    assert run.data.tags["dagster.run_id"] == result.run_id
+    history = client.get_metric_history(run.info.run_id, "epoch_val_loss")
+    assert [m.step for m in history] == [0, 1]
+    assert {"val_accuracy", "val_macro_f1", "val_precision_0", "val_recall_3"} <= set(
+        run.data.metrics
+    )
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"confusion_matrix.png", "shards.json"} <= artifacts
+    shards = json.loads(Path(client.download_artifacts(run.info.run_id, "shards.json")).read_text())
+    assert shards["train"] == ["train/part-r-00000", "train/part-r-00001", "train/part-r-00002"]
+    assert shards["val"] == ["val/part-r-00000"]
+
+    # The registry: version 1 is challenger and, through the gate, champion.
+    registered = materialization(result, "registered_model")
+    assert registered["version"] == "1" and registered["promoted"] is True
+    assert gate(result).passed
+    t = tracking(settings)
+    assert t.alias_version("baseline", "challenger") == "1"
+    assert t.alias_version("baseline", "champion") == "1"
+    # The decision is in the metrics database with its numbers and reason.
+    engine = metricsdb.connect(metricsdb.database_url(settings))
+    [row] = metricsdb.promotion_history(engine, "droughtwatch-baseline")
+    assert row["promoted"] and row["challenger_version"] == "1"
+    assert row["champion_version"] is None and row["dagster_run_id"] == result.run_id
+
+
+def test_untrained_dummy_is_refused(settings, instance, corpus):
+    result = train(settings, instance, "dummy")
+    assert not result.success  # the blocking gate fails the step
+    evaluation = gate(result)
+    assert not evaluation.passed
+    assert "margin" in (evaluation.description or "")
+    t = tracking(settings)
+    assert t.alias_version("dummy", "challenger") == "1"
+    assert t.alias_version("dummy", "champion") is None
+    engine = metricsdb.connect(metricsdb.database_url(settings))
+    [row] = metricsdb.promotion_history(engine, "droughtwatch-dummy")
+    assert not row["promoted"] and "margin" in row["reason"]
+
+
+def test_worse_challenger_is_refused_and_champion_stays(settings, instance, corpus):
+    # An untrained baseline (0 epochs) against the champion of the first test.
+    result = train(settings, instance, "baseline", epochs=0)
+    assert not result.success
+    evaluation = gate(result)
+    assert not evaluation.passed
+    t = tracking(settings)
+    assert t.alias_version("baseline", "challenger") == "2"
+    assert t.alias_version("baseline", "champion") == "1"
+    engine = metricsdb.connect(metricsdb.database_url(settings))
+    newest = metricsdb.promotion_history(engine, "droughtwatch-baseline")[0]
+    assert newest["challenger_version"] == "2" and not newest["promoted"]
+    assert newest["champion_version"] == "1"
+
+
+def test_schedule_skips_when_no_labelled_shard_changed(settings, instance, corpus):
+    defs = build_definitions(settings)
+    context = dg.build_schedule_context(
+        instance=instance, resources={"storage": defs.resources["storage"]}
+    )
+    # baseline was trained on exactly this corpus (its last training recorded the fingerprint)
+    skipped = baseline_daily(context)
+    assert isinstance(skipped, dg.SkipReason) and "no labelled shard changed" in str(
+        skipped.skip_message
+    )
+    # A new labelled shard: the schedule asks for a run keyed by the new fingerprint.
+    store = open_store(settings.data_root)
+    [extra] = list(iter_benchmark_shards(train_records=100, val_records=0, seed=99))
+    store.write_bytes("train/part-r-00099", extra.data)
+    assert ingest(settings, instance, "train/part-r-00099").success
+    request = baseline_daily(context)
+    assert isinstance(request, dg.RunRequest)
+    assert request.partition_key == "baseline" and request.run_key.startswith("baseline@")
