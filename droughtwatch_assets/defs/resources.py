@@ -10,7 +10,6 @@ import sqlalchemy as sa
 import xarray as xr
 
 from droughtwatch_assets import metricsdb
-
 from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import Store, open_store

@@ -131,5 +131,3 @@ def registered_model(
             "margin": decision.margin,
         },
     )
-
-

@@ -113,7 +113,11 @@ def log_training(
     run.log_metrics({f"majority_{k}": v for k, v in result.majority.as_dict().items()})
     run.log_figure_confusion(result.val_metrics.confusion)
     run.log_dict(
-        {"train": result.train_shards, "val": result.val_shards, "fingerprint": manifest.fingerprint},
+        {
+            "train": result.train_shards,
+            "val": result.val_shards,
+            "fingerprint": manifest.fingerprint,
+        },
         "shards.json",
     )
     return run.log_keras_model(result.model, input_example=example)
@@ -180,9 +184,7 @@ def trained_model(
             "majority_val_accuracy": result.majority.accuracy,
             "train_records": result.train_records,
             "epochs": variant.epochs,
-            "mlflow_run": dg.MetadataValue.url(run_url)
-            if run_url.startswith("http")
-            else run_url,
+            "mlflow_run": dg.MetadataValue.url(run_url) if run_url.startswith("http") else run_url,
             "mlflow_run_id": run_id,
             "corpus_fingerprint": manifest.fingerprint,
         },

@@ -61,5 +61,7 @@ def baseline_daily(context: dg.ScheduleEvaluationContext, storage: StorageResour
     description="When training_corpus (kept current by declarative automation) lists a changed "
     "set of labelled shards, retrains baseline.",
 )
-def retrain_on_new_labels(context: dg.SensorEvaluationContext, asset_event, storage: StorageResource):
+def retrain_on_new_labels(
+    context: dg.SensorEvaluationContext, asset_event, storage: StorageResource
+):
     return retrain_request(storage, SCHEDULED_VARIANT)
