@@ -12,6 +12,7 @@ export DAGSTER_HOME ?= $(DROUGHTWATCH_HOME)/dagster
 export UV_PYTHON_DOWNLOADS := never
 # MLflow 3 sends usage telemetry from a background thread unless told not to.
 export MLFLOW_DISABLE_TELEMETRY ?= true
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 .PHONY: install demo dev mlflow-ui test lint bench clean

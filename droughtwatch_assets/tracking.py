@@ -237,6 +237,10 @@ class ActiveRun:
         pass it to :meth:`Tracking.register`. Only the first row of ``input_example`` is stored
         (one 65 x 65 x 4 float image is already ~0.3 MB of JSON).
         """
+        import keras
+
+        # MLflow checks the example with model.predict: no progress bar in logs and terminals.
+        keras.utils.disable_interactive_logging()
         return self._tracking._log_keras_model(self, model, input_example)
 
     @property
