@@ -179,3 +179,15 @@ def test_schedule_skips_when_no_labelled_shard_changed(settings, instance, corpu
     request = baseline_daily(context)
     assert isinstance(request, dg.RunRequest)
     assert request.partition_key == "baseline" and request.run_key.startswith("baseline@")
+
+
+def test_models_command_lists_versions_aliases_and_decisions(settings, corpus, capsys, monkeypatch):
+    from droughtwatch_assets.cli import main
+
+    monkeypatch.setenv("DROUGHTWATCH_HOME", str(settings.home))
+    assert main(["models"]) == 0
+    out = capsys.readouterr().out
+    assert "baseline" in out and "compact_resnet" in out  # the variants
+    assert "droughtwatch-baseline" in out and "v1" in out and "champion" in out
+    assert "challenger" in out  # v2 of baseline holds it after the refused retrain
+    assert "refused" in out and "promoted" in out  # the decision history
