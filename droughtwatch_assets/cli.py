@@ -382,6 +382,113 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# score, rescore and emulate-drops
+
+
+def score_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOutcome]:
+    """Run rescore_job (batch_predictions + monitoring_metrics) in-process for each shard."""
+    from droughtwatch_assets.definitions import build_definitions
+
+    instance = _instance()
+    job = build_definitions(settings).resolve_job_def("rescore_job")
+    outcomes = []
+    for key in tqdm(keys, unit="shard", desc="score", disable=None):
+        result = job.execute_in_process(
+            partition_key=key,
+            instance=instance,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+            tags={"droughtwatch/trigger": "cli"},
+        )
+        outcome = ShardOutcome(key, result.success)
+        for event in result.get_asset_materialization_events():
+            mat = event.step_materialization_data.materialization
+            for label, value in mat.metadata.items():
+                outcome.metadata[f"{mat.asset_key.to_user_string()}.{label}"] = _metadata_value(
+                    value
+                )
+        for evaluation in result.get_asset_check_evaluations():
+            if not evaluation.passed:
+                outcome.warned_checks.append(evaluation.check_name)
+        if not result.success:
+            outcome.error = "; ".join(
+                _root_cause(e.step_failure_data.error) or e.message or ""
+                for e in result.all_events
+                if e.is_step_failure
+            )
+        outcomes.append(outcome)
+    return outcomes
+
+
+def print_scores(outcomes: list[ShardOutcome]) -> None:
+    print(f"{'shard':40} {'model':26} {'drift':>6} {'ndvi psi':>8} {'accuracy':>8}  checks")
+    for o in outcomes:
+        m = o.metadata
+        name = m.get("batch_predictions.model_name", "-")
+        model = f"{name} v{m.get('batch_predictions.model_version', '-')}"
+        drift = m.get("monitoring_metrics.prediction_drift")
+        psi = m.get("monitoring_metrics.ndvi_psi")
+        accuracy = m.get("monitoring_metrics.accuracy")
+        checks = ", ".join(f"warn {c}" for c in o.warned_checks) or ("ok" if o.ok else "FAILED")
+        print(
+            f"{o.key:40} {model:26} {'-' if drift is None else f'{drift:.3f}':>6} "
+            f"{'-' if psi is None else f'{psi:.3f}':>8} "
+            f"{'-' if accuracy is None else f'{accuracy:.3f}':>8}  {checks}"
+        )
+        if o.error:
+            print(f"    error: {o.error}")
+
+
+def scored_keys(settings: Settings, prefix: str, *, again: bool) -> list[str]:
+    from droughtwatch_assets.defs.partitions import shards
+
+    lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
+    keys = sorted(
+        k for k in _instance().get_dynamic_partitions(shards.name) if k.startswith(prefix)
+    )
+    ingested = [k for k in keys if lake.exists(f"spectral_indices/{k}.arrow")]
+    if again:
+        return ingested
+    return [k for k in ingested if not lake.exists(f"batch_predictions/{k}.parquet")]
+
+
+def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    keys = scored_keys(settings, args.prefix, again=args.again)
+    if not keys:
+        print(f"nothing to score under {args.prefix!r} (use --again to re-score)")
+        return 0
+    outcomes = score_shards(settings, keys)
+    print_scores(outcomes)
+    return 1 if any(not o.ok for o in outcomes) else 0
+
+
+def cmd_emulate_drops(args: argparse.Namespace, settings: Settings) -> int:
+    """Upload dated drops built from validation shards, one every `interval` seconds."""
+    import time
+
+    store = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
+    sources = [
+        i.key for i in store.list(args.source) if i.key.rsplit("/", 1)[-1].startswith("part-")
+    ]
+    if not sources:
+        print(
+            f"error: no shards under {store.url(args.source)}; run droughtwatch sample-data first"
+        )
+        return 1
+    dates = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.list_prefixes("drops/")]
+    known = sorted(d for d in dates if len(d) == 10)
+    day = dt.date.fromisoformat(known[-1]) + dt.timedelta(days=1) if known else dt.date.today()
+    for n in range(args.count):
+        key = f"drops/{day.isoformat()}/part-r-00000"
+        store.write_bytes(key, store.read_bytes(sources[n % len(sources)]))
+        print(f"uploaded {store.url(key)} (from {sources[n % len(sources)]})", flush=True)
+        day += dt.timedelta(days=1)
+        if n + 1 < args.count:
+            time.sleep(args.interval)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # demo
 
 
@@ -414,6 +521,12 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(f"training baseline ({args.epochs} epochs) ...")
     training = train(settings, "baseline", epochs=args.epochs)
     print_training(training)
+    scores: list[ShardOutcome] = []
+    if training.ok:
+        print()
+        print("scoring the drops with the champion ...")
+        scores = score_shards(settings, scored_keys(settings, "drops/", again=False))
+        print_scores(scores)
     print()
     print("where things are:")
     print(f"  data root        {settings.data_root}")
@@ -422,10 +535,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print(f"  dagster instance {os.environ.get('DAGSTER_HOME')}")
     print(f"  MLflow           {default_tracking_uri(settings)}  (UI: make mlflow-ui)")
-    print(f"  metrics database {metricsdb.database_url(settings)}  (table promotions)")
+    print(
+        f"  metrics database {metricsdb.database_url(settings)}"
+        "  (tables monitoring_metrics, promotions)"
+    )
+    print("  predictions      lake/batch_predictions/<shard>.parquet")
     print("  models           droughtwatch models")
     print("  UI               make dev  -> http://127.0.0.1:3000 (the drop sensor runs there)")
-    return 1 if any(not o.ok for o in outcomes) or not training.ok else 0
+    failed = [o for o in [*outcomes, training, *scores] if not o.ok]
+    return 1 if failed else 0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -467,6 +585,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("variant", help="baseline, useful, ndvi, nd, full, dummy")
     p.add_argument("--epochs", type=int, help="override the variant's epochs")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("score", help="champion predictions + monitoring for ingested shards")
+    p.add_argument("--prefix", default="drops/", help="shards under this prefix (default drops/)")
+    p.add_argument(
+        "--again", action="store_true", help="re-score shards that already have predictions"
+    )
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("emulate-drops", help="upload dated drops from val/ shards, one every K s")
+    p.add_argument("--count", type=int, default=5)
+    p.add_argument("--interval", type=float, default=30.0, help="seconds between drops")
+    p.add_argument("--source", default="val/", help="where to copy shards from (default val/)")
+    p.set_defaults(func=cmd_emulate_drops)
 
     p = sub.add_parser("models", help="variants, registered versions, aliases, promotions")
     p.set_defaults(func=cmd_models)

@@ -17,6 +17,7 @@ import importlib.metadata
 import json
 import logging
 import os
+import tempfile
 import threading
 import types
 from collections.abc import Iterator, Mapping, Sequence
@@ -395,6 +396,12 @@ class Tracking:
             raise
         version = (registered.aliases or {}).get(alias)
         return None if version is None else str(version)
+
+    def load_dict(self, run_id: str, name: str) -> dict[str, Any]:
+        """A JSON artifact of a run (as written by ``ActiveRun.log_dict``)."""
+        with tempfile.TemporaryDirectory() as tmp:
+            path = self.client.download_artifacts(run_id, name, tmp)
+            return json.loads(Path(path).read_text())
 
     def version_run_id(self, variant: str, version: str) -> str:
         return self.client.get_model_version(model_name(variant), str(version)).run_id

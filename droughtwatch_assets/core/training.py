@@ -49,14 +49,18 @@ class ShardSource:
 
 
 def shard_features(
-    filtered: xr.Dataset, indices: xr.Dataset, features: Sequence[str]
+    filtered: xr.Dataset,
+    indices: xr.Dataset,
+    features: Sequence[str],
+    *,
+    keep_unlabelled: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Model inputs of one shard's labelled images: x (n, 65, 65, len(features)) int16 holding
     raw values (bands 0..255, index codes -127..127) in `features` order, and y (n,) int8.
 
     `indices` is aligned to `filtered` by `id`: same order is the norm; a permutation of the same
     ids is reordered; anything else (missing, extra or duplicate ids, disagreeing labels) raises
-    ValueError. Unlabelled images (label -1) are dropped.
+    ValueError. Unlabelled images (label -1) are dropped unless `keep_unlabelled` (inference).
     """
     features = tuple(features)
     unknown = [f for f in features if f not in BAND_FEATURES + INDEX_FEATURES]
@@ -78,7 +82,7 @@ def shard_features(
             f"image {str(ids[bad])!r} has label {int(labels[bad])} in the filtered images but "
             f"{int(indices['label'].values[bad])} in the spectral indices"
         )
-    keep = labels != UNLABELLED
+    keep = np.ones(labels.shape, bool) if keep_unlabelled else labels != UNLABELLED
     all_kept = bool(keep.all())
     n = int(np.count_nonzero(keep))
     x = np.empty((n, IMAGE_SIDE, IMAGE_SIDE, len(features)), dtype=FEATURE_DTYPE)
@@ -409,6 +413,26 @@ def predict(
     if not labels:
         return np.empty((0, NUM_CLASSES), np.float32), np.empty(0, np.int8)
     return np.concatenate(probabilities), np.concatenate(labels)
+
+
+def predict_shard(
+    model: Any,
+    filtered: xr.Dataset,
+    indices: xr.Dataset,
+    variant: Variant,
+    *,
+    batch_size: int = 256,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities (n, 4) float32 for every image of one shard, labelled or not, in the
+    filtered images' order, and their labels (-1 where unlabelled)."""
+    x, labels = shard_features(filtered, indices, variant.features, keep_unlabelled=True)
+    if len(x) == 0:
+        return np.empty((0, NUM_CLASSES), np.float32), labels
+    probabilities = [
+        np.asarray(model(x[start : start + batch_size].astype(np.float32), training=False))
+        for start in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(probabilities).astype(np.float32, copy=False), labels
 
 
 def evaluate(

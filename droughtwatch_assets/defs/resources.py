@@ -6,6 +6,9 @@ import os
 from typing import Any
 
 import dagster as dg
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import sqlalchemy as sa
 import xarray as xr
 
@@ -41,7 +44,8 @@ def lake_key(asset: dg.AssetKey, partition: str | None, suffix: str) -> str:
 
 
 class LakeIOManager(dg.ConfigurableIOManager):
-    """Stores asset outputs in the lake: xarray Datasets as Arrow IPC files, dicts as JSON.
+    """Stores asset outputs in the lake: xarray Datasets as Arrow IPC files, pandas DataFrames
+    as Parquet, dicts as JSON.
 
     One object per asset and partition (``<asset>/<partition key>.arrow``), written atomically,
     so re-materializing a partition replaces exactly its own object and nothing else.
@@ -71,6 +75,11 @@ class LakeIOManager(dg.ConfigurableIOManager):
             return
         if isinstance(obj, xr.Dataset):
             key, data = self._key(context, ".arrow"), dataset_to_arrow(obj)
+        elif isinstance(obj, pd.DataFrame):
+            key = self._key(context, ".parquet")
+            sink = pa.BufferOutputStream()
+            pq.write_table(pa.Table.from_pandas(obj, preserve_index=False), sink)
+            data = memoryview(sink.getvalue())
         elif isinstance(obj, dict):
             key = self._key(context, ".json")
             data = json.dumps(obj, indent=1, sort_keys=True).encode()
@@ -86,10 +95,13 @@ class LakeIOManager(dg.ConfigurableIOManager):
         )
 
     def load_input(self, context: dg.InputContext) -> Any:
-        wants_dataset = context.dagster_type.typing_type is xr.Dataset
-        key = self._key(context, ".arrow" if wants_dataset else ".json")
-        data = self._store().read_bytes(key)
-        return dataset_from_arrow(data) if wants_dataset else json.loads(data)
+        wanted = context.dagster_type.typing_type
+        if wanted is xr.Dataset:
+            return dataset_from_arrow(self._store().read_bytes(self._key(context, ".arrow")))
+        if wanted is pd.DataFrame:
+            data = self._store().read_bytes(self._key(context, ".parquet"))
+            return pq.read_table(pa.BufferReader(data)).to_pandas()
+        return json.loads(self._store().read_bytes(self._key(context, ".json")))
 
 
 class MlflowResource(dg.ConfigurableResource):

@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 import dagster as dg
 
+from droughtwatch_assets.defs.inference.jobs import DROPS_PREFIX, drop_job
 from droughtwatch_assets.defs.ingest.assets import RAW, ingest_job
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import StorageResource, lake_key
@@ -31,11 +32,12 @@ def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
 
 
 @dg.sensor(
-    job=ingest_job,
+    jobs=[ingest_job, drop_job],
     minimum_interval_seconds=30,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lists the data root incrementally (see droughtwatch_assets.discovery) and "
-    "requests one ingest run per new or rewritten shard.",
+    "requests one run per new or rewritten shard: drop_job (ingest, predictions, monitoring) "
+    "for shards under drops/, ingest_job for the others.",
 )
 def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
     data_store = storage.data_store()
@@ -55,8 +57,11 @@ def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -
                 f"{found.key} was uploaded again with new content "
                 f"({found.previous_version} -> {found.info.version}): processing it again"
             )
+        job = drop_job if found.key.startswith(DROPS_PREFIX) else ingest_job
         run_requests.append(
-            dg.RunRequest(run_key=found.run_key, partition_key=found.key, tags=tags)
+            dg.RunRequest(
+                run_key=found.run_key, partition_key=found.key, tags=tags, job_name=job.name
+            )
         )
     new_keys = [
         f.key

@@ -15,6 +15,7 @@ from droughtwatch_assets.core.variants import get_variant, with_overrides
 from droughtwatch_assets.corpus import CorpusManifest, corpus_manifest
 from droughtwatch_assets.defs.partitions import variants
 from droughtwatch_assets.defs.resources import MlflowResource, StorageResource, lake_key
+from droughtwatch_assets.monitoring import REFERENCE_ARTIFACT, training_reference
 from droughtwatch_assets.storage import Store
 
 GROUP = "training"
@@ -98,7 +99,12 @@ def input_example(sources: list[ShardSource], variant) -> np.ndarray:
 
 
 def log_training(
-    run, result: TrainingResult, variant, manifest: CorpusManifest, example: np.ndarray
+    run,
+    result: TrainingResult,
+    variant,
+    manifest: CorpusManifest,
+    example: np.ndarray,
+    reference: dict,
 ) -> str:
     run.log_params(variant.params())
     run.log_params(
@@ -120,6 +126,7 @@ def log_training(
         },
         "shards.json",
     )
+    run.log_dict(reference, REFERENCE_ARTIFACT)
     return run.log_keras_model(result.model, input_example=example)
 
 
@@ -139,7 +146,9 @@ def trained_model(
     """A Keras model for one variant, trained on every usable train/ shard and validated on the
     val/ shards, seeded and reproducible on CPU. Everything goes to MLflow: the whole variant,
     per-epoch losses and accuracies, per-class precision and recall, a confusion-matrix image,
-    the model with its signature, the Dagster run and the shards used."""
+    the model with its signature, the Dagster run and the shards used, and the model's
+    monitoring reference (``reference.json``: its predicted-label distribution on val and the
+    per-image NDVI and NDMI distributions of its training shards)."""
     variant = with_overrides(get_variant(context.partition_key), epochs=config.epochs).validate()
     manifest = CorpusManifest.from_dict(training_corpus)
     lake = storage.lake_store()
@@ -162,7 +171,10 @@ def trained_model(
         "droughtwatch.variant": variant.name,
     }
     with tracking.run(run_name=f"{variant.name}-{context.run.run_id[:8]}", tags=tags) as run:
-        model_uri = log_training(run, result, variant, manifest, input_example(val, variant))
+        reference = training_reference(lake, manifest.train, result.val_metrics.confusion)
+        model_uri = log_training(
+            run, result, variant, manifest, input_example(val, variant), reference
+        )
         run_id, run_url = run.run_id, run.url
     value = {
         "variant": variant.name,

@@ -1,0 +1,1 @@
+"""Inference: the champion's predictions for each shard."""

@@ -1,0 +1,23 @@
+"""The drop job: a new drop from raw shard to monitoring row, in one run."""
+
+import dagster as dg
+
+DROPS_PREFIX = "drops/"
+
+drop_job = dg.define_asset_job(
+    "drop_job",
+    selection=dg.AssetSelection.assets(
+        "raw_tfrecords",
+        "filtered_images",
+        "spectral_indices",
+        "batch_predictions",
+        "monitoring_metrics",
+    ),
+    description="A dropped shard end to end: ingest, the champion's predictions, monitoring.",
+)
+rescore_job = dg.define_asset_job(
+    "rescore_job",
+    selection=dg.AssetSelection.assets("batch_predictions", "monitoring_metrics"),
+    description="Score already-ingested shards again (with today's champion): an explicit "
+    "backfill, never triggered by a promotion.",
+)

@@ -1,0 +1,1 @@
+"""Monitoring: per-shard prediction and feature drift, stored in the metrics database."""

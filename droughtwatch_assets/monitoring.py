@@ -1,0 +1,56 @@
+"""The monitoring reference of a trained model, and the reading of what monitoring compares.
+
+A model's reference is fixed when it is trained and travels with its MLflow run as
+``reference.json``: the predicted-label distribution of the model on its validation shards
+(what prediction drift is measured against) and the distribution of the per-image mean NDVI
+and NDMI over its training shards (what feature drift is measured against). Nothing here
+imports Dagster.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from droughtwatch_assets.core.drift import ReferenceProfile, reference_profile
+from droughtwatch_assets.core.imagestack import read_columns
+from droughtwatch_assets.storage import Store
+
+REFERENCE_ARTIFACT = "reference.json"
+SUMMARY_COLUMNS = ("ndvi_mean", "ndmi_mean")
+
+
+def index_summaries(lake: Store, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """Per-image mean NDVI and NDMI of the given shards, reading only those two columns."""
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in SUMMARY_COLUMNS}
+    for key in keys:
+        ds = read_columns(lake.read_bytes(f"spectral_indices/{key}.arrow"), list(SUMMARY_COLUMNS))
+        for name in SUMMARY_COLUMNS:
+            parts[name].append(ds[name].values.astype(np.float64))
+    return {
+        name: np.concatenate(values) if values else np.empty(0) for name, values in parts.items()
+    }
+
+
+def training_reference(
+    lake: Store, train_keys: Sequence[str], val_confusion: Sequence[Sequence[int]]
+) -> dict:
+    """The reference.json of a model trained on `train_keys` with this val confusion matrix."""
+    confusion = np.asarray(val_confusion, dtype=np.float64)
+    predicted = confusion.sum(axis=0)
+    summaries = index_summaries(lake, train_keys)
+    return {
+        "predicted_label_distribution": (predicted / max(predicted.sum(), 1.0)).tolist(),
+        "ndvi_mean": reference_profile(summaries["ndvi_mean"]).to_dict(),
+        "ndmi_mean": reference_profile(summaries["ndmi_mean"]).to_dict(),
+        "train_shards": list(train_keys),
+    }
+
+
+def profiles(reference: dict) -> tuple[list[float], ReferenceProfile, ReferenceProfile]:
+    return (
+        list(reference["predicted_label_distribution"]),
+        ReferenceProfile.from_dict(reference["ndvi_mean"]),
+        ReferenceProfile.from_dict(reference["ndmi_mean"]),
+    )

@@ -1,0 +1,214 @@
+"""The loop end to end: a drop uploaded to S3 (moto) is found by the sensor, ingested, scored by
+the champion and monitored into a real PostgreSQL (pgserver); idempotency and fault cases."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+
+import boto3
+import dagster as dg
+import pyarrow.parquet as pq
+import pytest
+import sqlalchemy as sa
+
+from droughtwatch_assets import metricsdb
+from droughtwatch_assets.core.synthetic import iter_benchmark_shards, iter_drop_shards
+from droughtwatch_assets.definitions import build_definitions
+from droughtwatch_assets.defs.ingest.sensors import drop_sensor
+from droughtwatch_assets.settings import Settings
+from droughtwatch_assets.storage import StorageError, open_store
+from droughtwatch_tests.defs.helpers import ingest
+
+pytestmark = pytest.mark.slow
+DROP = "drops/2024-08-07/part-r-00000"
+
+
+@pytest.fixture(scope="module")
+def postgres(tmp_path_factory):
+    import pgserver
+
+    path = tmp_path_factory.mktemp("pg")
+    server = pgserver.get_server(path, cleanup_mode="stop")
+    yield path, server.get_uri()
+    pgserver.get_server(path, cleanup_mode="stop").cleanup()
+
+
+@pytest.fixture(scope="module")
+def loop(tmp_path_factory, moto_endpoint, postgres):
+    """S3 data root and lake, PostgreSQL metrics database, a trained baseline champion."""
+    import uuid
+
+    home = tmp_path_factory.mktemp("loop")
+    bucket = f"loop-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("DROUGHTWATCH_METRICS_DB_URL", postgres[1])
+    settings = Settings(home, f"s3://{bucket}/incoming", f"s3://{bucket}/lake", moto_endpoint)
+    store = open_store(settings.data_root, endpoint_url=moto_endpoint)
+    with dg.instance_for_test() as instance:
+        for shard in iter_benchmark_shards(
+            train_records=1200, val_records=400, records_per_shard=400, seed=3
+        ):
+            store.write_bytes(shard.key, shard.data)
+            assert ingest(settings, instance, shard.key).success
+        job = build_definitions(settings).resolve_job_def("training_job")
+        trained = job.execute_in_process(
+            partition_key="baseline",
+            instance=instance,
+            run_config={"ops": {"trained_model": {"config": {"epochs": 2}}}},
+        )
+        assert trained.success
+        yield settings, instance, store
+    mp.undo()
+
+
+def tick(settings, instance, cursor=None):
+    defs = build_definitions(settings)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"storage": defs.resources["storage"]}
+    )
+    result = drop_sensor(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result
+
+
+def run_request(settings, instance, request: dg.RunRequest, **kwargs):
+    job = build_definitions(settings).resolve_job_def(request.job_name)
+    return job.execute_in_process(
+        partition_key=request.partition_key, instance=instance, raise_on_error=False, **kwargs
+    )
+
+
+def metrics_rows(settings, shard_key: str) -> list[dict]:
+    engine = metricsdb.connect(metricsdb.database_url(settings))
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(metricsdb.monitoring_metrics).where(
+                metricsdb.monitoring_metrics.c.shard_key == shard_key
+            )
+        ).mappings()
+        return [dict(r) for r in rows]
+
+
+def test_drop_is_found_predicted_and_monitored(loop):
+    settings, instance, store = loop
+    [drop] = list(
+        iter_drop_shards(
+            drops=1,
+            records_per_drop=150,
+            start_date=dt.date(2024, 8, 7),
+            seed=5,
+        )
+    )
+    store.write_bytes(drop.key, drop.data)
+    result = tick(settings, instance)
+    [request] = [r for r in result.run_requests if r.partition_key == DROP]
+    assert request.job_name == "drop_job"  # drops go all the way through
+    run = run_request(settings, instance, request)
+    assert run.success
+
+    lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
+    frame = pq.read_table(
+        io.BytesIO(lake.read_bytes(f"batch_predictions/{DROP}.parquet"))
+    ).to_pandas()
+    assert list(frame.columns) == [
+        "ID", "P_0", "P_1", "P_2", "P_3", "label", "P_label", "model_name", "model_version"
+    ]  # fmt: skip
+    assert set(frame["model_name"]) == {"droughtwatch-baseline"} and set(
+        frame["model_version"]
+    ) == {"1"}
+    assert (frame[["P_0", "P_1", "P_2", "P_3"]].sum(axis=1) - 1).abs().max() < 1e-3
+    assert (frame["P_label"] == frame[["P_0", "P_1", "P_2", "P_3"]].max(axis=1)).all()
+
+    [row] = metrics_rows(settings, DROP)
+    assert row["model_name"] == "droughtwatch-baseline" and row["model_version"] == "1"
+    assert row["n_predictions"] == len(frame)
+    fracs = [row[f"class_{k}_frac"] for k in range(4)]
+    assert abs(sum(fracs) - 1) < 1e-6
+    assert 0 <= row["prediction_drift"] <= 0.833  # at most sqrt(ln 2)
+    assert row["accuracy"] is not None  # the generated drop is labelled: an evaluation too
+    assert row["ndvi_psi"] >= 0 and row["ndvi_wasserstein"] >= 0
+
+    # Scored again: the row is replaced, never duplicated.
+    again = (
+        build_definitions(settings)
+        .resolve_job_def("rescore_job")
+        .execute_in_process(partition_key=DROP, instance=instance)
+    )
+    assert again.success
+    [replaced] = metrics_rows(settings, DROP)
+    assert replaced["dagster_run_id"] == again.run_id
+
+
+def test_no_champion_is_a_clear_failure(loop):
+    settings, instance, _ = loop
+    job = build_definitions(settings).resolve_job_def("rescore_job")
+    result = job.execute_in_process(
+        partition_key=DROP,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"ops": {"batch_predictions": {"config": {"variant": "ndvi"}}}},
+    )
+    assert not result.success
+    messages = " ".join(
+        (e.step_failure_data.user_failure_data.description or "")
+        if e.step_failure_data.user_failure_data
+        else e.step_failure_data.error.message
+        for e in result.all_events
+        if e.is_step_failure
+    )
+    assert not [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert "droughtwatch-ndvi has no champion yet" in messages
+    assert "droughtwatch train ndvi" in messages
+
+
+def test_transient_s3_fault_is_retried(loop, monkeypatch):
+    settings, instance, _ = loop
+    from droughtwatch_assets.storage import S3Store
+
+    real = S3Store.read_bytes
+    calls = {"n": 0}
+
+    def flaky(self, key):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise StorageError("s3 unreachable for a moment (simulated)")
+        return real(self, key)
+
+    monkeypatch.setattr(S3Store, "read_bytes", flaky)
+    job = build_definitions(settings).resolve_job_def("rescore_job")
+    result = job.execute_in_process(partition_key=DROP, instance=instance)
+    assert result.success
+    retries = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert retries  # the first attempt failed and was retried
+
+
+def test_database_away_leaves_no_row_and_rerun_succeeds(loop, postgres):
+    import pgserver
+
+    settings, instance, store = loop
+    key = "drops/2024-08-08/part-r-00000"
+    [drop] = list(
+        iter_drop_shards(
+            drops=1,
+            records_per_drop=100,
+            start_date=dt.date(2024, 8, 8),
+            seed=6,
+        )
+    )
+    store.write_bytes(key, drop.data)
+    assert ingest(settings, instance, key).success
+    path, _ = postgres
+    pgserver.get_server(path, cleanup_mode="stop").cleanup()  # PostgreSQL goes away
+    try:
+        job = build_definitions(settings).resolve_job_def("rescore_job")
+        failed = job.execute_in_process(partition_key=key, instance=instance, raise_on_error=False)
+        assert not failed.success
+    finally:
+        pgserver.get_server(path, cleanup_mode="stop")  # and comes back
+    assert metrics_rows(settings, key) == []
+    rerun = job.execute_in_process(partition_key=key, instance=instance)
+    assert rerun.success
+    assert len(metrics_rows(settings, key)) == 1
