@@ -472,7 +472,8 @@ def cmd_emulate_drops(args: argparse.Namespace, settings: Settings) -> int:
     ]
     if not sources:
         print(
-            f"error: no shards under {store.url(args.source)}; run droughtwatch sample-data first"
+            f"error: no shards under {args.source} in {store.uri}; "
+            "run droughtwatch sample-data first"
         )
         return 1
     dates = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.list_prefixes("drops/")]

@@ -19,6 +19,7 @@ class Settings:
     data_root: str  # where raw shards arrive: a local folder or s3://bucket/prefix
     lake: str  # where assets store their outputs: a local folder or s3://bucket/prefix
     s3_endpoint_url: str | None  # None: boto3's own resolution (AWS, or AWS_ENDPOINT_URL_S3)
+    sensor_interval_s: int = 30  # seconds between drop-sensor ticks
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -29,6 +30,7 @@ class Settings:
             data_root=env.get("DROUGHTWATCH_DATA_ROOT") or str(home / "data"),
             lake=env.get("DROUGHTWATCH_LAKE") or str(home / "lake"),
             s3_endpoint_url=env.get("DROUGHTWATCH_S3_ENDPOINT_URL") or None,
+            sensor_interval_s=int(env.get("DROUGHTWATCH_SENSOR_INTERVAL") or 30),
         )
 
     @property

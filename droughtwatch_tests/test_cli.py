@@ -39,3 +39,23 @@ def test_home_prepares_the_embedded_instance(tmp_path: Path, monkeypatch, capsys
     assert main(["home"]) == 0
     assert "telemetry" in (tmp_path / "dagster" / "dagster.yaml").read_text()
     assert f"DAGSTER_HOME={tmp_path / 'dagster'}" in capsys.readouterr().out
+
+
+def test_emulate_drops_uploads_dated_drops_from_val(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path))
+    args = ["sample-data", "--train", "0", "--val", "120", "--records-per-shard", "60"]
+    assert main([*args, "--drops", "1", "--records-per-drop", "10"]) == 0
+    assert main(["emulate-drops", "--count", "3", "--interval", "0"]) == 0
+    store = open_store(str(tmp_path / "data"))
+    drops = [i.key for i in store.list("drops/")]
+    # After the newest existing drop (2024-08-01), one per day, from the val shards in turn.
+    assert drops == [f"drops/2024-08-0{d}/part-r-00000" for d in (1, 2, 3, 4)]
+    assert store.read_bytes("drops/2024-08-02/part-r-00000") == store.read_bytes("val/part-r-00000")
+    assert store.read_bytes("drops/2024-08-03/part-r-00000") == store.read_bytes("val/part-r-00001")
+    assert "uploaded" in capsys.readouterr().out
+
+
+def test_emulate_drops_without_val_shards_says_what_to_do(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path))
+    assert main(["emulate-drops", "--count", "1", "--interval", "0"]) == 1
+    assert "droughtwatch sample-data" in capsys.readouterr().out

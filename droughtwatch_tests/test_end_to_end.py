@@ -204,3 +204,28 @@ def test_webserver_graphql_lists_assets_checks_and_sensor(env):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_demo_ingests_trains_promotes_and_scores_the_drops(env):
+    """`droughtwatch demo` (what `make demo` runs), on a smaller corpus to stay quick."""
+    proc = run(
+        [str(BIN / "droughtwatch"), "demo", "--train", "1200", "--val", "400",
+         "--records-per-shard", "400", "--drops", "2", "--records-per-drop", "100"],
+        env,
+        timeout=600,
+    )  # fmt: skip
+    out = proc.stdout
+    assert "6 shards ingested, 0 failed" in out
+    assert "registered droughtwatch-baseline version 1: promoted to champion" in out
+    assert "drops/2024-08-01/part-r-00000" in out and "droughtwatch-baseline v1" in out
+    home = Path(env["DROUGHTWATCH_HOME"])
+    assert (
+        home / "lake" / "batch_predictions" / "drops" / "2024-08-02" / "part-r-00000.parquet"
+    ).is_file()
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(f"sqlite:///{home / 'metrics.db'}")
+    with engine.connect() as conn:
+        shards = conn.execute(sa.text("select shard_key from monitoring_metrics")).scalars().all()
+    engine.dispose()
+    assert sorted(shards) == ["drops/2024-08-01/part-r-00000", "drops/2024-08-02/part-r-00000"]

@@ -10,6 +10,7 @@ from droughtwatch_assets.defs.ingest.assets import RAW, ingest_job
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import StorageResource, lake_key
 from droughtwatch_assets.discovery import DiscoveryCursor, discover
+from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import ObjectInfo, Store
 
 
@@ -31,9 +32,13 @@ def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
     return check
 
 
+# Seconds between ticks (DROUGHTWATCH_SENSOR_INTERVAL): a drop waits half of it on average.
+SENSOR_INTERVAL_S = Settings.from_env().sensor_interval_s
+
+
 @dg.sensor(
     jobs=[ingest_job, drop_job],
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=SENSOR_INTERVAL_S,
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Lists the data root incrementally (see droughtwatch_assets.discovery) and "
     "requests one run per new or rewritten shard: drop_job (ingest, predictions, monitoring) "
