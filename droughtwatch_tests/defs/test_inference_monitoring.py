@@ -212,3 +212,36 @@ def test_database_away_leaves_no_row_and_rerun_succeeds(loop, postgres):
     rerun = job.execute_in_process(partition_key=key, instance=instance)
     assert rerun.success
     assert len(metrics_rows(settings, key)) == 1
+
+
+def test_database_away_for_a_moment_is_retried(loop, postgres, monkeypatch):
+    import threading
+
+    import pgserver
+
+    settings, instance, _ = loop
+    path, _ = postgres
+    real = metricsdb.upsert_monitoring_row
+    timers: list[threading.Timer] = []
+
+    def outage_then_upsert(engine, row):
+        if not timers:  # the first write finds PostgreSQL gone; it is back 1.5 s later
+            pgserver.get_server(path, cleanup_mode="stop").cleanup()
+            timers.append(
+                threading.Timer(1.5, lambda: pgserver.get_server(path, cleanup_mode="stop"))
+            )
+            timers[0].start()
+        return real(engine, row)
+
+    monkeypatch.setattr(metricsdb, "upsert_monitoring_row", outage_then_upsert)
+    job = build_definitions(settings).resolve_job_def("rescore_job")
+    try:
+        result = job.execute_in_process(partition_key=DROP, instance=instance)
+    finally:
+        for timer in timers:
+            timer.join()
+    assert result.success
+    retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
+    assert [e.step_key for e in retried][:1] == ["monitoring_metrics"]
+    [row] = metrics_rows(settings, DROP)
+    assert row["dagster_run_id"] == result.run_id
