@@ -152,44 +152,59 @@ def _metadata_value(value):
     return getattr(value, "value", value)
 
 
-def materialize_shards(defs, instance, keys: Sequence[str]) -> list[ShardOutcome]:
-    """Run the ingest job for each shard in-process, one partition per run, going on after
-    a failure so that one bad shard never stops the others."""
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Step-by-step DEBUG events stay in the instance (and the UI); the terminal shows warnings
+and the summary tables."""
+
+
+def run_outcome(key: str, result) -> ShardOutcome:
+    """What a run did, for the summary tables: metadata of every materialization (as
+    ``asset.label``), failed and warned checks, and the reason for a failure."""
     import dagster as dg
 
-    job = defs.resolve_job_def("ingest_job")
+    outcome = ShardOutcome(key, result.success)
+    for event in result.get_asset_materialization_events():
+        mat = event.step_materialization_data.materialization
+        name = mat.asset_key.to_user_string()
+        for label, value in mat.metadata.items():
+            outcome.metadata[f"{name}.{label}"] = _metadata_value(value)
+    for evaluation in result.get_asset_check_evaluations():
+        name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+        if not evaluation.passed:
+            warn = evaluation.severity == dg.AssetCheckSeverity.WARN
+            (outcome.warned_checks if warn else outcome.failed_checks).append(name)
+            if evaluation.description and not warn:
+                outcome.error = evaluation.description
+    if not result.success and not outcome.error:
+        outcome.error = "; ".join(
+            _root_cause(e.step_failure_data.error) or e.message or ""
+            for e in result.all_events
+            if e.is_step_failure
+        )
+    return outcome
+
+
+def run_per_key(
+    job, instance, keys: Sequence[str], desc: str, run_config=None
+) -> list[ShardOutcome]:
+    """One in-process run of `job` per partition key, going on after a failure so that one bad
+    shard never stops the others."""
     outcomes = []
-    for key in tqdm(keys, unit="shard", desc="ingest", disable=None):
+    for key in tqdm(keys, unit="run", desc=desc, disable=None):
         result = job.execute_in_process(
             partition_key=key,
             instance=instance,
             raise_on_error=False,
-            # Step-by-step DEBUG events stay in the instance (and the UI); the terminal shows
-            # warnings and the summary table.
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            tags={"droughtwatch/trigger": "discover"},
+            run_config={**QUIET, **(run_config or {})},
+            tags={"droughtwatch/trigger": "cli"},
         )
-        outcome = ShardOutcome(key, result.success)
-        for event in result.get_asset_materialization_events():
-            mat = event.step_materialization_data.materialization
-            name = mat.asset_key.to_user_string()
-            for label, value in mat.metadata.items():
-                outcome.metadata[f"{name}.{label}"] = _metadata_value(value)
-        for evaluation in result.get_asset_check_evaluations():
-            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            if not evaluation.passed:
-                warn = evaluation.severity == dg.AssetCheckSeverity.WARN
-                (outcome.warned_checks if warn else outcome.failed_checks).append(name)
-                if evaluation.description and not warn:
-                    outcome.error = evaluation.description
-        if not result.success and not outcome.error:
-            outcome.error = "; ".join(
-                _root_cause(e.step_failure_data.error) or e.message or ""
-                for e in result.all_events
-                if e.is_step_failure
-            )
-        outcomes.append(outcome)
+        outcomes.append(run_outcome(key, result))
     return outcomes
+
+
+def materialize_shards(defs, instance, keys: Sequence[str]) -> list[ShardOutcome]:
+    """Run the ingest job for each shard in-process, one partition per run."""
+    return run_per_key(defs.resolve_job_def("ingest_job"), instance, keys, "ingest")
 
 
 def discover_and_materialize(
@@ -288,33 +303,11 @@ def train(settings: Settings, variant: str, *, epochs: int | None = None) -> Sha
     """Run training_job for one variant in-process: corpus, training, registry and gate."""
     from droughtwatch_assets.definitions import build_definitions
 
-    instance = _instance()
     job = build_definitions(settings).resolve_job_def("training_job")
-    config = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    if epochs is not None:
-        config["ops"] = {"trained_model": {"config": {"epochs": epochs}}}
-    result = job.execute_in_process(
-        partition_key=variant,
-        instance=instance,
-        raise_on_error=False,
-        run_config=config,
-        tags={"droughtwatch/trigger": "cli"},
+    config = (
+        {"ops": {"trained_model": {"config": {"epochs": epochs}}}} if epochs is not None else None
     )
-    outcome = ShardOutcome(variant, result.success)
-    for event in result.get_asset_materialization_events():
-        mat = event.step_materialization_data.materialization
-        for label, value in mat.metadata.items():
-            outcome.metadata[f"{mat.asset_key.to_user_string()}.{label}"] = _metadata_value(value)
-    for evaluation in result.get_asset_check_evaluations():
-        if not evaluation.passed:
-            outcome.failed_checks.append(evaluation.check_name)
-            outcome.error = evaluation.description or ""
-    if not result.success and not outcome.error:
-        outcome.error = "; ".join(
-            _root_cause(e.step_failure_data.error) or e.message or ""
-            for e in result.all_events
-            if e.is_step_failure
-        )
+    [outcome] = run_per_key(job, _instance(), [variant], "train", config)
     return outcome
 
 
@@ -389,35 +382,8 @@ def score_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOutcome]:
     """Run rescore_job (batch_predictions + monitoring_metrics) in-process for each shard."""
     from droughtwatch_assets.definitions import build_definitions
 
-    instance = _instance()
     job = build_definitions(settings).resolve_job_def("rescore_job")
-    outcomes = []
-    for key in tqdm(keys, unit="shard", desc="score", disable=None):
-        result = job.execute_in_process(
-            partition_key=key,
-            instance=instance,
-            raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
-            tags={"droughtwatch/trigger": "cli"},
-        )
-        outcome = ShardOutcome(key, result.success)
-        for event in result.get_asset_materialization_events():
-            mat = event.step_materialization_data.materialization
-            for label, value in mat.metadata.items():
-                outcome.metadata[f"{mat.asset_key.to_user_string()}.{label}"] = _metadata_value(
-                    value
-                )
-        for evaluation in result.get_asset_check_evaluations():
-            if not evaluation.passed:
-                outcome.warned_checks.append(evaluation.check_name)
-        if not result.success:
-            outcome.error = "; ".join(
-                _root_cause(e.step_failure_data.error) or e.message or ""
-                for e in result.all_events
-                if e.is_step_failure
-            )
-        outcomes.append(outcome)
-    return outcomes
+    return run_per_key(job, _instance(), keys, "score")
 
 
 def print_scores(outcomes: list[ShardOutcome]) -> None:
@@ -429,7 +395,9 @@ def print_scores(outcomes: list[ShardOutcome]) -> None:
         drift = m.get("monitoring_metrics.prediction_drift")
         psi = m.get("monitoring_metrics.ndvi_psi")
         accuracy = m.get("monitoring_metrics.accuracy")
-        checks = ", ".join(f"warn {c}" for c in o.warned_checks) or ("ok" if o.ok else "FAILED")
+        checks = ", ".join(f"warn {c.split(':')[-1]}" for c in o.warned_checks) or (
+            "ok" if o.ok else "FAILED"
+        )
         print(
             f"{o.key:40} {model:26} {'-' if drift is None else f'{drift:.3f}':>6} "
             f"{'-' if psi is None else f'{psi:.3f}':>8} "
