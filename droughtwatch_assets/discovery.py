@@ -2,14 +2,17 @@
 
 The rule (also in the README):
 
-* Keys are listed in lexicographic order after a high-water mark (S3 ``StartAfter``; the local
-  walk prunes folders before it). New dated drops (``drops/2024-08-08/...``) sort after the old
-  ones, so a tick lists only them.
+* Each top-level folder (``train/``, ``val/``, ``drops/``) has its own high-water mark, and its
+  keys are listed in lexicographic order after it (S3 ``StartAfter``; the local walk prunes
+  folders before it). New dated drops (``drops/2024-08-08/...``) sort after the old ones, new
+  ``part-r-NNNNN`` after the old parts, so a tick lists only what is new, plus one listing of
+  the top-level folders.
 * The last ``window_folders`` folders in which shards arrived are listed again every tick and
   compared object version by object version (S3 ETag; size and mtime locally), which catches
   re-uploads and late arrivals into recent drops.
-* A re-upload older than that window, or a shard added before the high-water mark (say a new
-  ``train/`` shard after ``val/`` was seen), is found by ``droughtwatch discover``, which lists
+* A re-upload older than that window, a shard added below a folder's mark (say
+  ``train/part-r-00003`` after ``train/part-r-00007`` was seen) and objects at the root of the
+  data root (shards live in folders) are found by ``droughtwatch discover``, which lists
   everything once.
 * A (key, version) pair is processed once: the lake's ``raw_tfrecords`` report records the
   version it validated, and runs are keyed ``<key>@<version>``, so a replayed tick asks for
@@ -63,13 +66,13 @@ def validate_shard_key(key: str) -> str:
 
 @dataclass
 class DiscoveryCursor:
-    high_water: str | None = None
+    marks: dict[str, str] = field(default_factory=dict)  # top-level folder -> last key listed
     window: dict[str, str] = field(default_factory=dict)  # key -> version, recent folders only
     folders: list[str] = field(default_factory=list)  # the recent folders, oldest first
 
     def dumps(self) -> str:
         return json.dumps(
-            {"high_water": self.high_water, "window": self.window, "folders": self.folders},
+            {"marks": self.marks, "window": self.window, "folders": self.folders},
             sort_keys=True,
         )
 
@@ -79,8 +82,11 @@ class DiscoveryCursor:
             return cls()
         data = json.loads(text)
         return cls(
-            data.get("high_water"), dict(data.get("window", {})), list(data.get("folders", []))
+            dict(data.get("marks", {})), dict(data.get("window", {})), list(data.get("folders", []))
         )
+
+    def mark_for(self, key: str) -> str | None:
+        return self.marks.get(_top(key))
 
 
 @dataclass(frozen=True)
@@ -122,6 +128,10 @@ def _folder(key: str) -> str:
     return key.rsplit("/", 1)[0] + "/" if "/" in key else ""
 
 
+def _top(key: str) -> str:
+    return key.split("/", 1)[0] + "/"
+
+
 def discover(
     store: Store,
     cursor: DiscoveryCursor,
@@ -153,8 +163,9 @@ def discover(
     # 1. The recent folders again: re-uploads and late arrivals below the high-water mark.
     for folder in folders:
         seen: set[str] = set()
+        mark = cursor.mark_for(folder)
         for info in store.list(folder):
-            if cursor.high_water is not None and info.key > cursor.high_water:
+            if mark is None or info.key > mark:
                 break  # step 2 lists these
             listed += 1
             if _folder(info.key) != folder:
@@ -168,21 +179,27 @@ def discover(
         for key in [k for k in window if _folder(k) == folder and k not in seen]:
             del window[key]  # deleted objects leave the window
 
-    # 2. Everything after the high-water mark, up to max_new objects.
-    high_water = cursor.high_water
-    for info in store.list("", start_after=cursor.high_water, limit=max_new):
-        listed += 1
-        high_water = info.key
-        folder = _folder(info.key)
-        if folder and folder not in folders:  # root-level objects are not re-listed
-            folders.append(folder)
-        window[info.key] = info.version
-        consider(info, None)
+    # 2. In each top-level folder (train/, val/, drops/, ...), everything after its own mark,
+    # up to max_new objects in all: a drop sorts before train/ but after the previous drop.
+    marks = dict(cursor.marks)
+    budget = max_new
+    for top in store.list_prefixes(""):
+        if budget <= 0:
+            break
+        for info in store.list(top, start_after=marks.get(top), limit=budget):
+            listed += 1
+            budget -= 1
+            marks[top] = info.key
+            folder = _folder(info.key)
+            if folder not in folders:
+                folders.append(folder)
+            window[info.key] = info.version
+            consider(info, None)
 
     # Keep only the most recent folders in the window.
     folders = folders[-window_folders:] if window_folders > 0 else []
     window = {k: v for k, v in window.items() if _folder(k) in folders}
-    return Discovery(found, skipped, DiscoveryCursor(high_water, window, folders), listed)
+    return Discovery(found, skipped, DiscoveryCursor(marks, window, folders), listed)
 
 
 def full_scan(

@@ -125,13 +125,27 @@ def test_backlog_is_taken_in_bounded_ticks(store):
     assert len(keys(first)) == 10
 
 
-def test_full_scan_finds_shards_added_before_the_mark(store):
-    store.write_bytes("val/part-r-00000", b"v")
+def test_new_drops_after_train_and_val_are_found(store):
+    """'drops/...' sorts before 'train/': each top-level folder keeps its own mark."""
+    for key in ("train/part-r-00000", "val/part-r-00000", "drops/2024-08-01/part-r-00000"):
+        store.write_bytes(key, b"x")
     cursor = discover(store, DiscoveryCursor()).cursor
-    store.write_bytes("train/part-r-00000", b"t")  # sorts before 'val/': the tick cannot see it
+    store.write_bytes("drops/2024-08-02/part-r-00000", b"new drop")
+    store.write_bytes("train/part-r-00001", b"new train shard")
+    assert keys(discover(store, cursor)) == ["drops/2024-08-02/part-r-00000", "train/part-r-00001"]
+
+
+def test_full_scan_finds_shards_added_below_a_mark_outside_the_window(store):
+    for key in ("train/part-r-00005", "val/part-r-00000", "drops/2024-01-01/part-r-00000"):
+        store.write_bytes(key, b"x")
+    cursor = discover(store, DiscoveryCursor()).cursor
+    for day in (2, 3):  # two newer drops push train/ out of the two-folder window
+        store.write_bytes(f"drops/2024-01-0{day}/part-r-00000", b"x")
+    cursor = discover(store, cursor).cursor
+    store.write_bytes("train/part-r-00001", b"t")  # sorts below train/'s mark
     assert keys(discover(store, cursor)) == []
-    found, skipped = full_scan(store, already_ingested=lambda i: i.key == "val/part-r-00000")
-    assert [f.key for f in found] == ["train/part-r-00000"] and skipped == []
+    found, skipped = full_scan(store, already_ingested=lambda i: i.key != "train/part-r-00001")
+    assert [f.key for f in found] == ["train/part-r-00001"] and skipped == []
 
 
 def test_empty_objects_wait_for_content(store):
