@@ -15,7 +15,7 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo dev mlflow-ui test lint bench clean
+.PHONY: install demo dev mlflow-ui test lint bench bench-training bench-inference clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -50,6 +50,12 @@ test: install lint  ## the whole suite
 
 bench: install  ## ingest benchmark against the earlier approach; writes docs/benchmarks.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.ingest
+
+bench-training: install  ## input pipeline, earlier approach, memory; docs/benchmarks-training.md
+	$(BIN)/python -m droughtwatch_tests.benchmarks.training
+
+bench-inference: install  ## predictions/s and drop-to-metrics latency; docs/benchmarks-inference.md
+	$(BIN)/python -m droughtwatch_tests.benchmarks.inference
 
 clean:
 	rm -rf $(VENV) .uv .droughtwatch .pytest_cache

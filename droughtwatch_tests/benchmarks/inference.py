@@ -49,6 +49,12 @@ FOREIGN_ENV = (
     "MLFLOW_REGISTRY_URI",
     "DAGSTER_PG_URL",
 )
+DROP_ROOT = "drop-root"
+STUCK_HINT = (
+    "The drop sensor did not pick the drop up; its log in dagster dev's output says what it "
+    "listed. --separate-drop-root measures the latency with a data root that holds only the "
+    "drops."
+)
 # Every process `dagster dev` starts inherits this variable; it finds stragglers to stop.
 TAG_ENV = "DROUGHTWATCH_BENCH_TAG"
 
@@ -76,6 +82,8 @@ class BenchSettings:
     latency_drops: int = 3  # 0: no latency phase
     sensor_interval: int = 5
     latency_timeout: float = 180.0
+    # Run dagster dev on a data root holding only the timed drops (see STUCK_HINT).
+    separate_drop_root: bool = False
     cache_dir: Path = DEFAULT_CACHE
     keep_home: bool = False
 
@@ -348,7 +356,9 @@ class DagsterDev:
 
 
 @contextlib.contextmanager
-def dagster_dev(home: Path, sensor_interval: int, *, log: Log = _log) -> Iterator[DagsterDev]:
+def dagster_dev(
+    home: Path, sensor_interval: int, data_root: Path | None = None, *, log: Log = _log
+) -> Iterator[DagsterDev]:
     """`dagster dev` on the code location (webserver + daemon), stopped on exit whatever
     happened: SIGTERM to its process group, then any tagged process left is stopped too."""
     tag = uuid.uuid4().hex
@@ -358,6 +368,8 @@ def dagster_dev(home: Path, sensor_interval: int, *, log: Log = _log) -> Iterato
         "DROUGHTWATCH_SENSOR_INTERVAL": str(sensor_interval),
         TAG_ENV: tag,
     }
+    if data_root is not None:
+        env["DROUGHTWATCH_DATA_ROOT"] = str(data_root)
     dagster = Path(sys.executable).with_name("dagster")
     log_path = home / "dagster-dev.log"
     command = [
@@ -431,14 +443,21 @@ def wait_for_sensor_tick(dev: DagsterDev, instance: Any, timeout: float) -> floa
     )
 
 
-def upload_drop(store: Any, sources: Sequence[str], n: int) -> tuple[str, float]:
-    """Copy a val shard to the next dated drop, as `droughtwatch emulate-drops` does; returns
-    its key and the wall-clock time right after the upload completed."""
-    dates = [p.rstrip("/").rsplit("/", 1)[-1] for p in store.list_prefixes("drops/")]
-    known = sorted(d for d in dates if len(d) == 10)
+def upload_drop(
+    store: Any, shards: dict[str, bytes], n: int, *, after: Any = None
+) -> tuple[str, float]:
+    """Copy a val shard to the next dated drop (after the latest in `store` and `after`), as
+    `droughtwatch emulate-drops` does; returns its key and the time the upload completed."""
+    known = sorted(
+        d
+        for s in (store, after or store)
+        for p in s.list_prefixes("drops/")
+        if len(d := p.rstrip("/").rsplit("/", 1)[-1]) == 10
+    )
     day = dt.date.fromisoformat(known[-1]) + dt.timedelta(days=1) if known else dt.date.today()
     key = f"drops/{day.isoformat()}/part-r-00000"
-    store.write_bytes(key, store.read_bytes(sources[n % len(sources)]))
+    sources = sorted(shards)
+    store.write_bytes(key, shards[sources[n % len(sources)]])
     return key, time.time()
 
 
@@ -489,32 +508,47 @@ def measure_latency(bench: BenchSettings, settings: Any, *, log: Log = _log) -> 
     from droughtwatch_assets.storage import open_store
 
     home = Path(settings.home)
-    store = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
+    source_store = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
     sources = sorted(
-        i.key for i in store.list("val/") if i.key.rsplit("/", 1)[-1].startswith("part-")
+        i.key for i in source_store.list("val/") if i.key.rsplit("/", 1)[-1].startswith("part-")
     )
     if not sources:
-        raise BenchmarkError(f"no val/ shards in {store.uri} to copy drops from")
+        raise BenchmarkError(f"no val/ shards in {source_store.uri} to copy drops from")
+    shards = {key: source_store.read_bytes(key) for key in sources}
+    drop_root = None
+    store = source_store
+    if bench.separate_drop_root:
+        drop_root = home / DROP_ROOT
+        drop_root.mkdir(exist_ok=True)
+        store = open_store(str(drop_root))
+    # No drop_job run this long after an upload: the sensor did not find the drop.
+    stuck_after = max(60.0, 6.0 * bench.sensor_interval)
     engine = metricsdb.connect(metricsdb.database_url(settings))
     instance = dg.DagsterInstance.from_config(str(home / "dagster"))
     phase_started = time.time()
     drops = []
     log(f"starting dagster dev (DROUGHTWATCH_SENSOR_INTERVAL={bench.sensor_interval}) ...")
-    with dagster_dev(home, bench.sensor_interval, log=log) as dev:
+    with dagster_dev(home, bench.sensor_interval, drop_root, log=log) as dev:
         webserver_s = wait_for_webserver(dev, timeout=180)
         log(f"  webserver answers on port {dev.port} after {webserver_s:.1f} s")
         tick_s = wait_for_sensor_tick(dev, instance, timeout=180)
         log(f"  drop_sensor ticked {tick_s:.1f} s later")
         for n in range(bench.latency_drops):
-            key, uploaded = upload_drop(store, sources, n)
+            key, uploaded = upload_drop(store, shards, n, after=source_store)
             log(f"  uploaded {key}")
             while (recorded := monitoring_recorded_at(engine, key)) is None:
-                if time.time() - uploaded > bench.latency_timeout:
+                waited = time.time() - uploaded
+                if waited > stuck_after and not _run_breakdown(instance, key):
+                    raise BenchmarkError(
+                        f"drop_sensor requested no run for {key} within {waited:.0f} s of its "
+                        f"upload. {'' if drop_root else STUCK_HINT}\nLast of the dagster dev "
+                        f"log:\n{dev.log_tail(1500)}"
+                    )
+                if waited > bench.latency_timeout:
                     run = _run_breakdown(instance, key)
                     raise BenchmarkError(
                         f"no monitoring_metrics row for {key} within {bench.latency_timeout:.0f} s "
-                        f"of its upload (drop_job run: {run or 'never created'}); dagster dev "
-                        f"log:\n{dev.log_tail()}"
+                        f"of its upload (drop_job run: {run}); dagster dev log:\n{dev.log_tail()}"
                     )
                 if dev.process.poll() is not None:
                     raise BenchmarkError(
@@ -552,16 +586,17 @@ def measure_latency(bench: BenchSettings, settings: Any, *, log: Log = _log) -> 
         "drops": drops,
         "latencies_seconds": latencies,
         "median_latency_seconds": statistics.median(latencies),
-        "records_per_drop": _drop_records(store, sources),
+        "drop_records": _drop_records(shards),
+        "separate_drop_root": bench.separate_drop_root,
         "other_runs": {job: other.count(job) for job in sorted(set(other))},
         "leftover_processes": len(tagged_pids(dev.tag)),
     }
 
 
-def _drop_records(store: Any, sources: Sequence[str]) -> list[int]:
+def _drop_records(shards: dict[str, bytes]) -> list[int]:
     from droughtwatch_assets.core.tfrecord import iter_record_payloads
 
-    return [sum(1 for _ in iter_record_payloads(store.read_bytes(key), key)) for key in sources]
+    return [sum(1 for _ in iter_record_payloads(data, key)) for key, data in shards.items()]
 
 
 BREAKDOWN = ("sensor", "queue + launch", "run")
@@ -712,32 +747,45 @@ def _latency_section(report: dict[str, Any]) -> str:
     if lat is None:
         return "The latency phase was not run (`--latency-drops 0`)."
     interval = lat["sensor_interval_s"]
-    others = ", ".join(f"{n} {job}" for job, n in lat["other_runs"].items()) or "none"
+    others = ", ".join(f"{n} {job}" for job, n in lat["other_runs"].items())
+    others_text = (
+        f"Other runs the instance started during this phase: {others} (declarative automation "
+        "keeps `training_corpus` current when shards land); they compete for the same cores."
+        if others
+        else "The instance started no other run during this phase."
+    )
     sensor = [p["sensor"] for d in lat["drops"] if (p := _breakdown(d))]
     sensor_text = (
         f"The sensor's share (upload -> run created) was {_each(sensor, '.1f')} s here."
         if sensor
         else ""
     )
+    records = " or ".join(f"{n:,}" for n in sorted(set(lat["drop_records"])))
+    root_text = (
+        "\n**dagster dev ran on a data root holding only these drops** "
+        "(`--separate-drop-root`).\n"
+        if lat["separate_drop_root"]
+        else ""
+    )
     return f"""{_table(LATENCY_HEADER, latency_rows(lat))}
 
 `dagster dev` answered on its port {lat["webserver_ready_seconds"]:.0f} s after it was started
-and `drop_sensor` first ticked {lat["first_tick_seconds"]:.0f} s after that; the drops were
-uploaded only then, one at a time, each after the previous one's row was in.
-{sensor_text}
-
+and `drop_sensor` had ticked {lat["first_tick_seconds"]:.0f} s after that; the drops were
+uploaded only then, one at a time, each after the previous one's row was in. Each drop is a
+copy of a val shard ({records} records). {sensor_text}
+{root_text}
 **The sensor interval.** These runs used `DROUGHTWATCH_SENSOR_INTERVAL={interval}`. A drop
 lands at a random moment between two ticks, so it waits on average half the interval for the
 sensor to see it: {interval / 2:.1f} s here, and {DEFAULT_SENSOR_INTERVAL / 2:.0f} s with the
 default of {DEFAULT_SENSOR_INTERVAL} s (up to {DEFAULT_SENSOR_INTERVAL} s), so with the default
 expect the median above plus about {(DEFAULT_SENSOR_INTERVAL - interval) / 2:.1f} s. The rest
-is the run itself: the daemon dequeues it, starts a fresh process that loads the code location
-(Dagster, pandas, xarray) and then TensorFlow and the champion for `batch_predictions`, and the
-five assets (ingest, predictions, monitoring) run one after another.
+is the run: the daemon dequeues it and starts a run process that loads the code location
+(created -> started), then Dagster's default multiprocess executor runs the run's steps
+(ingest, `batch_predictions`, `monitoring_metrics`) one after another, each in a fresh process
+that imports the code location again, and `batch_predictions` TensorFlow and the champion too
+(started -> row): process starts and imports, not predictions, are most of this time.
 
-Other runs the instance started during this phase: {others} (the declarative automation
-keeps `training_corpus` current when shards land, and it competes for the same two cores).
-Processes left after dagster dev was stopped: {lat["leftover_processes"]}."""
+{others_text} Processes left after dagster dev was stopped: {lat["leftover_processes"]}."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "") -> str:
@@ -860,6 +908,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--quick", action="store_true", help="small setup, 1 pass, 1 drop, no docs page"
     )
+    parser.add_argument(
+        "--separate-drop-root",
+        action="store_true",
+        help="dagster dev on a data root holding only the timed drops (works around discovery "
+        "not finding new drops/ keys beside train/ and val/)",
+    )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--keep-home", action="store_true", help="keep the throwaway home")
     parser.add_argument(
@@ -877,7 +931,10 @@ QUICK = {
 
 def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     bench = BenchSettings(
-        latency_timeout=args.latency_timeout, cache_dir=args.cache_dir, keep_home=args.keep_home
+        latency_timeout=args.latency_timeout,
+        cache_dir=args.cache_dir,
+        keep_home=args.keep_home,
+        separate_drop_root=args.separate_drop_root,
     )
     for field_name in (
         "train", "val", "records_per_shard", "drops", "records_per_drop", "epochs", "repeats",
