@@ -510,6 +510,10 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     )
     print("  predictions      lake/batch_predictions/<shard>.parquet")
     print("  models           droughtwatch models")
+    print(
+        "  Grafana          docker/grafana: the monitoring dashboard, on PostgreSQL "
+        "(DROUGHTWATCH_METRICS_DB_URL)"
+    )
     print("  UI               make dev  -> http://127.0.0.1:3000 (the drop sensor runs there)")
     failed = [o for o in [*outcomes, training, *scores] if not o.ok]
     return 1 if failed else 0
