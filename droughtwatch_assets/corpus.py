@@ -11,8 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+from droughtwatch_assets.core.imagestack import dataset_from_arrow
+from droughtwatch_assets.core.training import ShardSource
+from droughtwatch_assets.core.variants import BAND_FEATURES, INDEX_FEATURES, Variant
 from droughtwatch_assets.storage import Store
 
 SPLITS = ("train", "val")
@@ -55,3 +59,27 @@ def corpus_manifest(lake: Store) -> CorpusManifest:
         versions += [(key, filtered[key], indices[key]) for key in keys]
     digest = hashlib.sha256(json.dumps(versions).encode()).hexdigest()[:16]
     return CorpusManifest(splits["train"], splits["val"], digest)
+
+
+def shard_sources(lake: Store, keys: Sequence[str], variant: Variant) -> list[ShardSource]:
+    """Training inputs of these shards, each loaded from the lake only when the pipeline gets
+    to it, and only the bands and indices the variant uses (the rest is never decompressed)."""
+    bands = [f for f in variant.features if f in BAND_FEATURES]
+    index_names = [f for f in variant.features if f in INDEX_FEATURES]
+
+    def loader(key: str):
+        def load():
+            return (
+                dataset_from_arrow(
+                    lake.read_bytes(f"{FILTERED}/{key}{SUFFIX}"),
+                    variables=["pixels"],
+                    select={"band": bands},
+                ),
+                dataset_from_arrow(
+                    lake.read_bytes(f"{INDICES}/{key}{SUFFIX}"), variables=index_names
+                ),
+            )
+
+        return load
+
+    return [ShardSource(key, loader(key)) for key in keys]

@@ -329,12 +329,50 @@ def _build(metadata: dict[str, Any], variables: dict[str, xr.Variable]) -> xr.Da
     return xr.Dataset(data_vars, coords=coords, attrs=_decode_attrs(metadata["attrs"]))
 
 
-def dataset_from_arrow(data: bytes | memoryview) -> xr.Dataset:
-    """Decode bytes written by `dataset_to_arrow` into an identical Dataset."""
-    table, metadata = _open(data)
+def dataset_from_arrow(
+    data: bytes | memoryview,
+    *,
+    variables: Sequence[str] | None = None,
+    select: Mapping[str, Sequence[str]] | None = None,
+) -> xr.Dataset:
+    """Decode bytes written by `dataset_to_arrow` into an identical Dataset.
+
+    `variables` keeps only those data variables (coordinates along `image` always come along);
+    `select` keeps only some labels of a split dimension, e.g. ``{"band": ["B2", "B3"]}``.
+    Columns left out are not even decompressed: the training pipeline reads just the bands and
+    indices a variant uses.
+    """
+    _, metadata = _metadata(pa.py_buffer(data))
+    select = {dim: [str(label) for label in labels] for dim, labels in (select or {}).items()}
+    entries = []
+    for entry in metadata["variables"]:
+        if entry["role"] == "data" and variables is not None and entry["name"] not in variables:
+            continue
+        dim = entry["dims"][1] if len(entry["dims"]) > 1 else None
+        if dim in select and len(entry["columns"]) > 1:
+            prefix = f"{entry['name']}/"
+            have = {column[len(prefix) :] for column in entry["columns"]}
+            missing = [label for label in select[dim] if label not in have]
+            if missing:
+                raise KeyError(f"{entry['name']} has no {dim} {missing}; it has {sorted(have)}")
+            entry = {
+                **entry,
+                "columns": [prefix + label for label in select[dim]],
+                "tail": [len(select[dim]), *entry["tail"][1:]],
+            }
+        entries.append(entry)
+    if variables is not None:
+        unknown = set(variables) - {e["name"] for e in entries}
+        if unknown:
+            raise KeyError(f"no variable(s) {sorted(unknown)} in the dataset")
+    table, _ = _open(data, fields=[c for e in entries for c in e["columns"]])
     n = metadata["image_count"]
-    variables = {e["name"]: _decode_variable(e, table, n) for e in metadata["variables"]}
-    return _build(metadata, variables)
+    decoded = {e["name"]: _decode_variable(e, table, n) for e in entries}
+    static = dict(metadata["static_coords"])
+    for dim, labels in select.items():
+        if dim in static:
+            static[dim] = {**static[dim], "value": _encode_attr(np.array(labels), dim)}
+    return _build({**metadata, "variables": entries, "static_coords": static}, decoded)
 
 
 def read_columns(data: bytes | memoryview, variables: Sequence[str]) -> xr.Dataset:

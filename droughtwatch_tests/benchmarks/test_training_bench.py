@@ -10,7 +10,7 @@ from droughtwatch_assets.core.indices import compute_indices, quantise
 from droughtwatch_assets.core.synthetic import generate_images
 from droughtwatch_assets.core.training import shard_features
 from droughtwatch_assets.core.variants import ALL_FEATURES, get_variant
-from droughtwatch_assets.defs.training.assets import shard_sources
+from droughtwatch_assets.corpus import shard_sources
 from droughtwatch_assets.storage import LocalStore
 from droughtwatch_tests.benchmarks import gpu_epoch
 from droughtwatch_tests.benchmarks import ingest as ingest_bench
@@ -41,12 +41,21 @@ def test_lake_holds_every_shard_and_is_reused(lake: bench.Lake) -> None:
 
 
 def test_sources_load_what_the_training_asset_loads(lake: bench.Lake) -> None:
-    ours = bench.lake_sources(lake.root, lake.keys)
-    asset = shard_sources(LocalStore(lake.root), lake.keys)
+    """The projected load (baseline's four bands only) gives the inputs a full decode gives."""
+    from droughtwatch_assets.core.imagestack import dataset_from_arrow
+
+    ours = bench.lake_sources(lake.root, lake.keys, BASELINE)
+    asset = shard_sources(LocalStore(lake.root), lake.keys, BASELINE)
     assert [s.key for s in ours] == [s.key for s in asset] == lake.keys
     for mine, theirs, kept in zip(ours, asset, lake.kept, strict=True):
         x, y = shard_features(*mine.load(), BASELINE.features)
         x_asset, y_asset = shard_features(*theirs.load(), BASELINE.features)
+        full = dataset_from_arrow(
+            LocalStore(lake.root).read_bytes(f"filtered_images/{mine.key}.arrow")
+        )
+        x_full, _ = shard_features(full, theirs.load()[1], BASELINE.features)
+        np.testing.assert_array_equal(x, x_full)
+        assert list(mine.load()[0]["band"].values) == ["B2", "B3", "B4", "B5"]
         assert x.shape == (kept, 65, 65, 4)
         np.testing.assert_array_equal(x, x_asset)
         np.testing.assert_array_equal(y, y_asset)

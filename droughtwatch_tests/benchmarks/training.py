@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.core.tfrecord import IMAGE_SIDE, LABEL_FEATURE
 from droughtwatch_assets.core.training import ShardSource, shard_features
 from droughtwatch_assets.core.variants import Variant, get_variant
+from droughtwatch_assets.corpus import shard_sources
 from droughtwatch_assets.storage import LocalStore
 from droughtwatch_tests.benchmarks.ingest import (
     DEFAULT_CACHE,
@@ -155,27 +155,17 @@ def ensure_lake(corpus: Corpus, cache_dir: Path, *, workers: int = 2, log: Log =
     return lake
 
 
-def lake_sources(root: Path, keys: Sequence[str]) -> list[ShardSource]:
-    """The shard sources `defs.training.assets.shard_sources` builds, on a LocalStore lake,
-    without importing Dagster (it would add its own memory to every peak)."""
-    lake = LocalStore(root)
-
-    def loader(key: str) -> Any:
-        def load() -> Any:
-            return (
-                dataset_from_arrow(lake.read_bytes(f"filtered_images/{key}.arrow")),
-                dataset_from_arrow(lake.read_bytes(f"spectral_indices/{key}.arrow")),
-            )
-
-        return load
-
-    return [ShardSource(key, loader(key)) for key in keys]
+def lake_sources(root: Path, keys: Sequence[str], variant: Variant) -> list[ShardSource]:
+    """Exactly the shard sources the trained_model asset builds (`corpus.shard_sources`: only
+    the variant's bands and indices are decoded), on a LocalStore lake."""
+    return shard_sources(LocalStore(root), keys, variant)
 
 
 def load_in_memory(lake: Lake, variant: Variant) -> tuple[np.ndarray, np.ndarray]:
     """Every labelled image of the lake as the variant's (x int16, y int8), concatenated."""
     parts = [
-        shard_features(*s.load(), variant.features) for s in lake_sources(lake.root, lake.keys)
+        shard_features(*s.load(), variant.features)
+        for s in lake_sources(lake.root, lake.keys, variant)
     ]
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
 
@@ -200,7 +190,7 @@ def write_seed_format(lake: Lake, variant: Variant, folder: Path) -> list[Path]:
     shutil.rmtree(folder, ignore_errors=True)
     folder.mkdir(parents=True)
     paths = []
-    for source in lake_sources(lake.root, lake.keys):
+    for source in lake_sources(lake.root, lake.keys, variant):
         x, y = shard_features(*source.load(), variant.features)
         path = folder / f"{source.key.replace('/', '-')}.tfrecord"
         with tf.io.TFRecordWriter(str(path)) as writer:
@@ -339,7 +329,7 @@ def measure_phase(
     set_determinism(variant.seed)
     started = time.perf_counter()
     if phase == "lake":
-        dataset = make_dataset(lake_sources(lake.root, lake.keys), variant, training=True)
+        dataset = make_dataset(lake_sources(lake.root, lake.keys, variant), variant, training=True)
     elif phase == "memory":
         x, y = load_in_memory(lake, variant)
         dataset = in_memory_dataset(x, y, variant, training=True)

@@ -198,3 +198,19 @@ def test_sample_storage_is_compact(sample: DecodedShard, sample_shard_path: Path
     np.testing.assert_array_equal(
         read_columns(stored_indices, ["ndvi_mean"])["ndvi_mean"], indices["ndvi_mean"]
     )
+
+
+def test_projection_decodes_only_the_selected_variables_and_bands() -> None:
+    ds = small_image_dataset(3)
+    data = dataset_to_arrow(ds)
+    some = dataset_from_arrow(data, variables=["pixels"], select={"band": ["B5", "B2"]})
+    assert list(some.data_vars) == ["pixels"]
+    assert list(some["band"].values) == ["B5", "B2"]
+    np.testing.assert_array_equal(some["pixels"].values, ds["pixels"].sel(band=["B5", "B2"]).values)
+    np.testing.assert_array_equal(some["id"].values, ds["id"].values)  # image coords come along
+    none = dataset_from_arrow(data, variables=["pixels"], select={"band": []})
+    assert none["pixels"].shape == (3, 0, 65, 65)
+    with pytest.raises(KeyError, match="no band"):
+        dataset_from_arrow(data, select={"band": ["B12"]})
+    with pytest.raises(KeyError, match="no variable"):
+        dataset_from_arrow(data, variables=["nope"])

@@ -9,9 +9,9 @@ from droughtwatch_assets import metricsdb
 from droughtwatch_assets.core.promotion import GateDecision, promotion_gate
 from droughtwatch_assets.core.training import evaluate
 from droughtwatch_assets.core.variants import get_variant
+from droughtwatch_assets.corpus import shard_sources
 from droughtwatch_assets.defs.partitions import variants
 from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
-from droughtwatch_assets.defs.training.assets import shard_sources
 from droughtwatch_assets.tracking import model_name
 
 GROUP = "registry"
@@ -64,7 +64,7 @@ def registered_model(
     champion_metrics = None
     if champion_version is not None:
         # The champion is measured again on exactly the challenger's val shards.
-        val = shard_sources(storage.lake_store(), trained_model["val_shards"])
+        val = shard_sources(storage.lake_store(), trained_model["val_shards"], variant)
         champion_model = tracking.load_model(variant.name, version=champion_version)
         measured, _, _ = evaluate(champion_model, val, variant)
         champion_metrics = measured.as_dict()

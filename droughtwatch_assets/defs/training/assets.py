@@ -3,7 +3,6 @@
 import dagster as dg
 import numpy as np
 
-from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.core.metrics import ClassificationMetrics
 from droughtwatch_assets.core.training import (
     ShardSource,
@@ -12,11 +11,10 @@ from droughtwatch_assets.core.training import (
     train_variant,
 )
 from droughtwatch_assets.core.variants import get_variant, with_overrides
-from droughtwatch_assets.corpus import CorpusManifest, corpus_manifest
+from droughtwatch_assets.corpus import CorpusManifest, corpus_manifest, shard_sources
 from droughtwatch_assets.defs.partitions import variants
-from droughtwatch_assets.defs.resources import MlflowResource, StorageResource, lake_key
+from droughtwatch_assets.defs.resources import MlflowResource, StorageResource
 from droughtwatch_assets.monitoring import REFERENCE_ARTIFACT, training_reference
-from droughtwatch_assets.storage import Store
 
 GROUP = "training"
 FILTERED = dg.AssetKey("filtered_images")
@@ -59,19 +57,6 @@ class TrainingConfig(dg.Config):
     """Override the variant's epochs (None: the variant's own)."""
     max_records: int | None = None
     """Cap the records read from train and from val (None: all); for tests and quick tries."""
-
-
-def shard_sources(lake: Store, keys: list[str]) -> list[ShardSource]:
-    def loader(key: str):
-        def load():
-            return (
-                dataset_from_arrow(lake.read_bytes(lake_key(FILTERED, key, ".arrow"))),
-                dataset_from_arrow(lake.read_bytes(lake_key(INDICES, key, ".arrow"))),
-            )
-
-        return load
-
-    return [ShardSource(key, loader(key)) for key in keys]
 
 
 def metrics_metadata(metrics: ClassificationMetrics) -> dict:
@@ -152,7 +137,8 @@ def trained_model(
     variant = with_overrides(get_variant(context.partition_key), epochs=config.epochs).validate()
     manifest = CorpusManifest.from_dict(training_corpus)
     lake = storage.lake_store()
-    train, val = shard_sources(lake, manifest.train), shard_sources(lake, manifest.val)
+    train = shard_sources(lake, manifest.train, variant)
+    val = shard_sources(lake, manifest.val, variant)
     if not train or not val:
         raise dg.Failure(
             f"training {variant.name} needs materialized train/ and val/ shards; the corpus has "
