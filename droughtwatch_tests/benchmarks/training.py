@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures
 import json
+import multiprocessing
 import os
 import resource
 import shutil
@@ -141,7 +142,10 @@ def ensure_lake(corpus: Corpus, cache_dir: Path, *, workers: int = 2, log: Log =
     started = time.perf_counter()
     root = folder / "lake"
     keys = list(corpus.keys)
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers) as pool:
+    # forkserver, not fork: this may run in a process where TensorFlow has started its threads
+    # (the test suite), and a forked child of such a process can deadlock.
+    context = multiprocessing.get_context("forkserver")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
         outcomes = list(
             pool.map(
                 ingest_shard, [str(corpus.data_root)] * len(keys), [str(root)] * len(keys), keys
