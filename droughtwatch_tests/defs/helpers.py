@@ -32,3 +32,18 @@ def ingest(settings: Settings, instance: dg.DagsterInstance, key: str, **kwargs)
         instance.add_dynamic_partitions("shards", [key])
     job = build_definitions(settings).resolve_job_def("ingest_job")
     return job.execute_in_process(partition_key=key, instance=instance, **kwargs)
+
+
+def tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None = None):
+    """One evaluation of drop_sensor, then what the daemon does with its result: add the
+    requested partitions (the caller runs the requests)."""
+    from droughtwatch_assets.defs.ingest.sensors import drop_sensor
+
+    defs = build_definitions(settings)
+    context = dg.build_sensor_context(
+        instance=instance, cursor=cursor, resources={"storage": defs.resources["storage"]}
+    )
+    result = drop_sensor(context)
+    for request in result.dynamic_partitions_requests:
+        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
+    return result

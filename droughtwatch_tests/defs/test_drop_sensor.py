@@ -6,25 +6,11 @@ import boto3
 import dagster as dg
 import pytest
 
-from droughtwatch_assets.definitions import build_definitions
-from droughtwatch_assets.defs.ingest.sensors import drop_sensor
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import StorageError, open_store
-from droughtwatch_tests.defs.helpers import ingest
+from droughtwatch_tests.defs.helpers import ingest, tick
 
 DROP = "drops/2024-08-07/part-r-00000"
-
-
-def tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None = None):
-    defs = build_definitions(settings)
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"storage": defs.resources["storage"]}
-    )
-    result = drop_sensor(context)
-    # What the daemon does with a tick's result: add the partitions, then launch the runs.
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return result
 
 
 def upload(settings: Settings, key: str, data: bytes) -> None:

@@ -15,10 +15,9 @@ import sqlalchemy as sa
 from droughtwatch_assets import metricsdb
 from droughtwatch_assets.core.synthetic import iter_benchmark_shards, iter_drop_shards
 from droughtwatch_assets.definitions import build_definitions
-from droughtwatch_assets.defs.ingest.sensors import drop_sensor
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import StorageError, open_store
-from droughtwatch_tests.defs.helpers import ingest
+from droughtwatch_tests.defs.helpers import ingest, tick
 
 pytestmark = pytest.mark.slow
 DROP = "drops/2024-08-07/part-r-00000"
@@ -61,17 +60,6 @@ def loop(tmp_path_factory, moto_endpoint, postgres):
         assert trained.success
         yield settings, instance, store
     mp.undo()
-
-
-def tick(settings, instance, cursor=None):
-    defs = build_definitions(settings)
-    context = dg.build_sensor_context(
-        instance=instance, cursor=cursor, resources={"storage": defs.resources["storage"]}
-    )
-    result = drop_sensor(context)
-    for request in result.dynamic_partitions_requests:
-        instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
-    return result
 
 
 def run_request(settings, instance, request: dg.RunRequest, **kwargs):
