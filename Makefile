@@ -22,7 +22,7 @@ $(UV):
 	.uv/bin/pip install --quiet uv==$(UV_VERSION)
 
 $(VENV)/.synced-$(TF): pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --python $(PYTHON) --extra $(TF) --extra dev --compile-bytecode
+	$(UV) sync --frozen --python $(PYTHON) --extra $(TF) --extra deploy --extra dev --compile-bytecode
 	rm -f $(VENV)/.synced-*
 	touch $@
 

@@ -149,28 +149,31 @@ GRAPHQL = """
   assetNodes { assetKey { path } groupName
     assetChecksOrError { ... on AssetChecks { checks { name blocking } } } }
   repositoriesOrError { ... on RepositoryConnection { nodes { name sensors { name } } } }
+  workspaceOrError { ... on Workspace { locationEntries { name
+    locationOrLoadError { __typename } } } }
 }
 """
 
 
-def test_webserver_graphql_lists_assets_checks_and_sensor(env):
-    port = free_port()
+def test_webserver_on_the_code_server_lists_assets_checks_and_sensor(env):
+    """The deployment layout: `dagster code-server` serves the code location over gRPC, and the
+    webserver loads the repository's workspace.yaml, which points at it."""
+    code_port, port = free_port(), free_port()
+    code_server = subprocess.Popen(
+        [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(code_port),
+         "-m", "droughtwatch_assets.definitions"],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    env = {
+        **env,
+        "DAGSTER_CODE_SERVER_HOST": "127.0.0.1",
+        "DAGSTER_CODE_SERVER_PORT": str(code_port),
+    }
     proc = subprocess.Popen(
-        [
-            str(BIN / "dagster-webserver"),
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-w",
-            "workspace.yaml",
-        ],
-        env=env,
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+         "-w", "workspace.yaml"],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     try:
         deadline = time.monotonic() + 120
         body = None
@@ -201,9 +204,14 @@ def test_webserver_graphql_lists_assets_checks_and_sensor(env):
             s["name"] for r in body["data"]["repositoriesOrError"]["nodes"] for s in r["sensors"]
         ]
         assert "drop_sensor" in sensors
+        locations = body["data"]["workspaceOrError"]["locationEntries"]
+        assert [(e["name"], e["locationOrLoadError"]["__typename"]) for e in locations] == [
+            ("droughtwatch", "RepositoryLocation")
+        ]
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        for p in (proc, code_server):
+            p.terminate()
+            p.wait(timeout=30)
 
 
 def test_demo_ingests_trains_promotes_and_scores_the_drops(env):

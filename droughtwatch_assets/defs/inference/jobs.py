@@ -2,6 +2,8 @@
 
 import dagster as dg
 
+from droughtwatch_assets.defs.run_tags import run_tags
+
 DROPS_PREFIX = "drops/"
 
 drop_job = dg.define_asset_job(
@@ -14,10 +16,12 @@ drop_job = dg.define_asset_job(
         "monitoring_metrics",
     ),
     description="A dropped shard end to end: ingest, the champion's predictions, monitoring.",
+    tags=run_tags("inference"),
 )
 rescore_job = dg.define_asset_job(
     "rescore_job",
     selection=dg.AssetSelection.assets("batch_predictions", "monitoring_metrics"),
     description="Score already-ingested shards again (with today's champion): an explicit "
     "backfill, never triggered by a promotion.",
+    tags=run_tags("inference"),
 )

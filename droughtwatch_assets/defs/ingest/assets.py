@@ -19,6 +19,7 @@ from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.defs.ingest import checks
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import StorageResource, lake_key
+from droughtwatch_assets.defs.run_tags import run_tags
 from droughtwatch_assets.ingest import (
     CloudPolicy,
     RawShardReport,
@@ -202,4 +203,5 @@ ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(RAW, FILTERED, INDICES),
     description="raw_tfrecords -> filtered_images -> spectral_indices, with checks, for one shard",
+    tags=run_tags("ingest"),
 )
