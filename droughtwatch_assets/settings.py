@@ -20,6 +20,7 @@ class Settings:
     lake: str  # where assets store their outputs: a local folder or s3://bucket/prefix
     s3_endpoint_url: str | None  # None: boto3's own resolution (AWS, or AWS_ENDPOINT_URL_S3)
     sensor_interval_s: int = 30  # seconds between drop-sensor ticks
+    sqs_queue_url: str | None = None  # S3 event notifications: the sensor reads them, no listing
     training_gpus: int = 0  # GPUs each training run asks its run launcher for (ECS, Kubernetes)
     ecs_gpu_capacity_provider: str = "droughtwatch-gpu"  # where ECS places GPU training runs
 
@@ -33,6 +34,7 @@ class Settings:
             lake=env.get("DROUGHTWATCH_LAKE") or str(home / "lake"),
             s3_endpoint_url=env.get("DROUGHTWATCH_S3_ENDPOINT_URL") or None,
             sensor_interval_s=int(env.get("DROUGHTWATCH_SENSOR_INTERVAL") or 30),
+            sqs_queue_url=env.get("DROUGHTWATCH_SQS_QUEUE_URL") or None,
             training_gpus=int(env.get("DROUGHTWATCH_TRAINING_GPUS") or 0),
             ecs_gpu_capacity_provider=env.get("DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER")
             or "droughtwatch-gpu",

@@ -23,12 +23,14 @@ class StorageResource(dg.ConfigurableResource):
     """The data root (where raw shards arrive) and the lake (where outputs live).
 
     Either may be a local folder or an ``s3://bucket/prefix`` URI; ``s3_endpoint_url`` points
-    at MinIO, moto or another S3-compatible server (empty: AWS).
+    at MinIO, moto or another S3-compatible server (empty: AWS). With ``sqs_queue_url`` the
+    drop sensor reads the data root's S3 event notifications instead of listing it.
     """
 
     data_root: str
     lake: str
     s3_endpoint_url: str | None = None
+    sqs_queue_url: str | None = None
 
     def data_store(self) -> Store:
         return open_store(self.data_root, endpoint_url=self.s3_endpoint_url)
@@ -152,6 +154,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             data_root=settings.data_root,
             lake=settings.lake,
             s3_endpoint_url=settings.s3_endpoint_url,
+            sqs_queue_url=settings.sqs_queue_url,
         ),
         "io_manager": LakeIOManager(lake=settings.lake, s3_endpoint_url=settings.s3_endpoint_url),
     }
