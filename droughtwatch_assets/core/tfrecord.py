@@ -250,11 +250,28 @@ def _label(features, shard: str, index: int) -> int:
 
 
 def decode_shard(data: bytes | bytearray | memoryview, shard: str) -> DecodedShard:
-    """Decode every record of a shard held in memory; one bad record fails the whole shard."""
+    """Decode every record of a shard held in memory; one bad record fails the whole shard.
+
+    Shards whose records all share one layout (every shard the benchmark writes, and the real
+    sample) take a vectorised path (see _decode_uniform); the others are parsed record by
+    record. Both give the same result and the same errors.
+    """
     buf = _as_bytes(data)
     # All framing first (a truncated file fails before any parsing): n is then known and the
     # output preallocated. Payload crcs are checked record by record, before each parse.
     frames = list(_record_frames(buf, shard))
+    if frames:
+        # Record 0 through the full parser first: its errors are reported as usual, and it is
+        # the template the uniform path compares every other record with.
+        _decode_records(buf, frames[:1], shard)
+        uniform = _decode_uniform(buf, frames, shard)
+        if uniform is not None:
+            return uniform
+    return _decode_records(buf, frames, shard)
+
+
+def _decode_records(buf: bytes, frames: Sequence[tuple[int, int, int]], shard: str) -> DecodedShard:
+    """The general path: parse each record with protobuf."""
     n = len(frames)
     images = np.empty((n, len(BANDS), IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
     # A flat byte view lets each band land with one buffer copy, no numpy temporaries.
@@ -290,13 +307,200 @@ def decode_shard(data: bytes | bytearray | memoryview, shard: str) -> DecodedSha
         if raw_id is None:
             ids.append(f"{shard}#{index}")
         else:
-            try:
-                ids.append(raw_id.decode("utf-8"))
-            except UnicodeDecodeError as exc:
-                raise ShardFormatError(
-                    shard, f"feature {ID_FEATURE} is not valid UTF-8: {exc}", index
-                ) from exc
+            ids.append(_decode_id(raw_id, shard, index))
     return DecodedShard(images=images, labels=labels, ids=np.array(ids, dtype=str))
+
+
+def _decode_id(raw: bytes, shard: str, index: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ShardFormatError(
+            shard, f"feature {ID_FEATURE} is not valid UTF-8: {exc}", index
+        ) from exc
+
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+        if shift > 63:
+            raise ValueError("varint too long")
+
+
+def _example_layout(payload: bytes) -> dict[str, tuple[str, list[tuple[int, int]]]] | None:
+    """Where each feature's values lie in a serialized Example: name -> (kind, [(start, end)]).
+
+    Only the plain encoding TensorFlow writes (one Features message, map entries of key then
+    value, bytes and int64 lists) is understood; anything else gives None and the caller falls
+    back to the protobuf parser.
+    """
+    try:
+        tag, pos = _varint(payload, 0)
+        if tag != 0x0A:  # Example.features, length-delimited
+            return None
+        size, pos = _varint(payload, pos)
+        end = pos + size
+        if end != len(payload):
+            return None
+        layout: dict[str, tuple[str, list[tuple[int, int]]]] = {}
+        while pos < end:
+            tag, pos = _varint(payload, pos)
+            if tag != 0x0A:  # Features.feature map entry
+                return None
+            size, pos = _varint(payload, pos)
+            entry_end = pos + size
+            tag, pos = _varint(payload, pos)
+            if tag != 0x0A:  # entry key first
+                return None
+            size, pos = _varint(payload, pos)
+            name = payload[pos : pos + size].decode("utf-8")
+            pos += size
+            tag, pos = _varint(payload, pos)
+            if tag != 0x12 or name in layout:  # then the value; no repeated keys
+                return None
+            size, pos = _varint(payload, pos)
+            if pos + size != entry_end or size == 0:
+                return None
+            kind_tag, pos = _varint(payload, pos)
+            size, pos = _varint(payload, pos)
+            if pos + size != entry_end:
+                return None
+            spans: list[tuple[int, int]] = []
+            if kind_tag == 0x0A:  # bytes_list: repeated length-delimited values
+                while pos < entry_end:
+                    tag, pos = _varint(payload, pos)
+                    if tag != 0x0A:
+                        return None
+                    size, pos = _varint(payload, pos)
+                    spans.append((pos, pos + size))
+                    pos += size
+                layout[name] = ("bytes", spans)
+            elif kind_tag == 0x1A:  # int64_list: packed or not
+                while pos < entry_end:
+                    tag, pos = _varint(payload, pos)
+                    if tag == 0x08:
+                        start = pos
+                        _, pos = _varint(payload, pos)
+                        spans.append((start, pos))
+                    elif tag == 0x0A:
+                        size, pos = _varint(payload, pos)
+                        packed_end = pos + size
+                        while pos < packed_end:
+                            start = pos
+                            _, pos = _varint(payload, pos)
+                            spans.append((start, pos))
+                    else:
+                        return None
+                layout[name] = ("int64", spans)
+            else:
+                return None
+            if pos != entry_end:
+                return None
+        return layout
+    except (IndexError, ValueError):
+        return None
+
+
+def _decode_uniform(
+    buf: bytes, frames: Sequence[tuple[int, int, int]], shard: str
+) -> DecodedShard | None:
+    """The vectorised path, for shards whose records are byte for byte alike outside their
+    values: same length, same features in the same order, one label byte.
+
+    Record 0 (already checked by the parser) gives the layout. The file is then one 2-D array
+    of records (no copies); every byte that is not a band, label or id value must equal record
+    0's, which makes each record parse exactly like record 0 with its own values, so the bands
+    are copied out with one numpy slice each, labels and ids read at their fixed offsets, and
+    each payload crc checked on its row. None (the caller parses record by record) when the
+    records differ in layout.
+    """
+    n = len(frames)
+    start0, end0, _ = frames[0]
+    size = end0 - start0
+    stride = _HEADER.size + size + _CRC.size
+    if start0 != _HEADER.size or len(buf) != n * stride:
+        return None  # records of different lengths
+    layout = _example_layout(buf[start0:end0])
+    if layout is None:
+        return None
+    band_starts = []
+    variable = np.zeros(stride, dtype=bool)
+    for band in BANDS:
+        kind, spans = layout.get(band, ("", []))
+        if kind != "bytes" or len(spans) != 1 or spans[0][1] - spans[0][0] < BAND_BYTES:
+            return None
+        start, end = spans[0]
+        band_starts.append(_HEADER.size + start)
+        variable[_HEADER.size + start : _HEADER.size + end] = True
+    label_at = None
+    if LABEL_FEATURE in layout:
+        kind, spans = layout[LABEL_FEATURE]
+        if kind != "int64" or len(spans) != 1 or spans[0][1] - spans[0][0] != 1:
+            return None
+        label_at = _HEADER.size + spans[0][0]
+        variable[label_at] = True
+    id_span = None
+    if ID_FEATURE in layout:
+        kind, spans = layout[ID_FEATURE]
+        if kind != "bytes" or len(spans) != 1:
+            return None
+        id_span = (_HEADER.size + spans[0][0], _HEADER.size + spans[0][1])
+        variable[id_span[0] : id_span[1]] = True
+    variable[-_CRC.size :] = True  # each record's payload crc, checked below
+
+    rows = np.frombuffer(buf, dtype=np.uint8).reshape(n, stride)
+    fixed = np.flatnonzero(~variable)
+    same = (rows[:, fixed] == rows[0, fixed]).all(axis=1)
+    if not same.all():
+        return None
+    if label_at is not None:
+        raw_labels = rows[:, label_at]
+        # A byte >= 0x80 would start a longer varint: not the same layout after all.
+        if (raw_labels >= 0x80).any():
+            return None
+    # The parser checks record by record: payload crc, then the label, then the id. Find the
+    # first failure of each kind and report the earliest, so both paths give the same error.
+    errors: list[tuple[int, int, str]] = []  # (record, order within a record, reason)
+    crcs = rows[:, -_CRC.size :].copy().view("<u4").ravel()
+    for index in range(n):
+        if _masked_crc(rows[index, _HEADER.size : _HEADER.size + size]) != crcs[index]:
+            errors.append((index, 0, "payload crc mismatch"))
+            break
+    if label_at is not None:
+        bad = np.flatnonzero(raw_labels >= NUM_CLASSES)
+        if bad.size:
+            index = int(bad[0])
+            errors.append((index, 1, f"label {raw_labels[index]} outside 0..{NUM_CLASSES - 1}"))
+        labels = raw_labels.astype(np.int8)
+    else:
+        labels = np.full(n, UNLABELLED, dtype=np.int8)
+    ids: list[str] = []
+    if id_span is None:
+        ids = [f"{shard}#{index}" for index in range(n)]
+    else:
+        for index in range(n):
+            try:
+                ids.append(_decode_id(rows[index, id_span[0] : id_span[1]].tobytes(), shard, index))
+            except ShardFormatError as exc:
+                errors.append((index, 2, exc.reason))
+                break
+    if errors:
+        index, _, reason = min(errors)
+        raise ShardFormatError(shard, reason, index)
+    images = np.empty((n, len(BANDS), BAND_BYTES), dtype=np.uint8)
+    for b, start in enumerate(band_starts):
+        images[:, b, :] = rows[:, start : start + BAND_BYTES]
+    return DecodedShard(
+        images=images.reshape(n, len(BANDS), IMAGE_SIDE, IMAGE_SIDE),
+        labels=labels,
+        ids=np.array(ids, dtype=str),
+    )
 
 
 def read_shard(path: str | os.PathLike[str], shard: str | None = None) -> DecodedShard:

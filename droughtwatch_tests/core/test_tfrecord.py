@@ -14,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from droughtwatch_assets.core import tfrecord
 from droughtwatch_assets.core.tfrecord import (
     BAND_BYTES,
     BANDS,
@@ -468,3 +469,121 @@ def test_encoder_rejects_bad_input() -> None:
         encode_shard(image, [0])
     with pytest.raises(ValueError, match=r"\(n, 11, 65, 65\)"):
         encode_shard(np.zeros((0, 3, 65, 65), np.uint8), [])
+
+
+# --- the uniform-layout path -----------------------------------------------------------------
+# decode_shard reads shards whose records share one layout with numpy slices instead of a
+# protobuf parse per record (tfrecord._decode_uniform). It must agree with the parser exactly.
+
+
+def by_parser(data: bytes, shard: str = SHARD) -> DecodedShard:
+    return tfrecord._decode_records(data, list(tfrecord._record_frames(data, shard)), shard)
+
+
+def takes_uniform_path(data: bytes) -> bool:
+    frames = list(tfrecord._record_frames(data, SHARD))
+    return tfrecord._decode_uniform(data, frames, SHARD) is not None
+
+
+def assert_same(a: DecodedShard, b: DecodedShard) -> None:
+    np.testing.assert_array_equal(a.images, b.images)
+    assert a.images.flags.c_contiguous and a.images.shape == b.images.shape
+    assert a.labels.dtype == b.labels.dtype and a.labels.tolist() == b.labels.tolist()
+    assert a.ids.tolist() == b.ids.tolist()
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 2**32 - 1),
+    n=st.integers(1, 6),
+    labelled=st.booleans(),
+    id_length=st.one_of(st.none(), st.integers(0, 40)),
+)
+def test_uniform_path_agrees_with_the_parser(
+    seed: int, n: int, labelled: bool, id_length: int | None
+) -> None:
+    rng = random.Random(seed)
+    labels = [rng.randrange(4) if labelled else None for _ in range(n)]
+    ids = None
+    if id_length is not None:
+        ids = ["".join(rng.choice("abcdé-_0") for _ in range(id_length)) for _ in range(n)]
+        ids = [i.encode()[:id_length].decode(errors="ignore").ljust(id_length, "x") for i in ids]
+        ids = [i if len(i.encode()) == id_length else "x" * id_length for i in ids]
+    data = encode_shard(random_images(n, seed), labels, ids)
+    assert takes_uniform_path(data)
+    assert_same(decode_shard(data, SHARD), by_parser(data))
+
+
+def test_real_sample_takes_the_uniform_path(sample_bytes: bytes) -> None:
+    assert takes_uniform_path(sample_bytes)
+    assert_same(decode_shard(sample_bytes, "s"), by_parser(sample_bytes, "s"))
+
+
+def uniform_records(labels: list[int], ids: list[str]) -> bytes:
+    return b"".join(
+        record_from(
+            {
+                **{b: bytes_feature(random_images(1, i)[0][k].tobytes())
+                   for k, b in enumerate(BANDS)},
+                "label": int64_feature(label),
+                "filename": bytes_feature(ident.encode("utf-8", errors="surrogateescape")),
+            }
+        )
+        for i, (label, ident) in enumerate(zip(labels, ids, strict=True))
+    )  # fmt: skip
+
+
+def patch_payload(data: bytes, record: int, old: bytes, new: bytes, fix_crc: bool = True) -> bytes:
+    """Replace bytes inside one record's payload (same length), recomputing its crc or not."""
+    size = len(data) // 4
+    start, end = record * size + 12, (record + 1) * size - 4
+    payload = data[start:end]
+    assert len(old) == len(new) and payload.count(old) == 1
+    payload = payload.replace(old, new)
+    crc = masked_crc(payload) if fix_crc else data[end : end + 4]
+    return data[:start] + payload + crc + data[end + 4 :]
+
+
+def label_entry(value: int) -> bytes:
+    """The label's map entry on the wire, from its key: Feature{int64_list{packed [value]}}."""
+    return b"label\x12\x05\x1a\x03\x0a\x01" + bytes([value])
+
+
+def test_uniform_path_reports_a_bad_label_with_its_index() -> None:
+    data = uniform_records([0, 1, 2, 3], ["id-0", "id-1", "id-2", "id-3"])
+    assert takes_uniform_path(data)
+    # Label 2 -> 7 in record 2: the varint stays one byte, so the layout stays the same.
+    bad = patch_payload(data, 2, label_entry(2), label_entry(7))
+    assert_bad(bad, 2, "label 7 outside 0..3")
+
+
+def test_uniform_path_reports_the_earliest_of_crc_label_and_id_errors() -> None:
+    data = uniform_records([0, 1, 2, 3], ["id-0", "id-1", "id-2", "id-3"])
+    label_at_1 = patch_payload(data, 1, label_entry(1), label_entry(9))
+    crc_at_2 = patch_payload(label_at_1, 2, b"id-2", b"id-X", fix_crc=False)
+    assert_bad(crc_at_2, 1, "label 9 outside")
+    crc_at_1 = patch_payload(data, 1, b"id-1", b"id-X", fix_crc=False)
+    label_at_2 = patch_payload(crc_at_1, 2, label_entry(2), label_entry(9))
+    assert_bad(label_at_2, 1, "payload crc mismatch")
+    utf8_at_3 = patch_payload(data, 3, b"id-3", b"id-\xff")
+    assert_bad(utf8_at_3, 3, "filename is not valid UTF-8")
+
+
+def test_records_of_another_layout_fall_back_to_the_parser() -> None:
+    # Same length, other feature order in record 1: not uniform, decoded record by record.
+    image = random_images(1, seed=4)[0]
+    features = good_features(image, label=1)
+    # One Features message whose map entries come in reverse order (on the wire, a Features
+    # message is its entries concatenated).
+    body = b"".join(
+        Features(feature={k: features[k]}).SerializeToString() for k in reversed(features)
+    )
+    assert len(body) < 2**21
+    size = bytes([(len(body) & 0x7F) | 0x80, ((len(body) >> 7) & 0x7F) | 0x80, len(body) >> 14])
+    reordered = frame_record(b"\x0a" + size + body)
+    data = record_from(good_features(image, label=1)) + reordered
+    assert len(reordered) == len(data) // 2
+    assert not takes_uniform_path(data)
+    decoded = decode_shard(data, SHARD)
+    np.testing.assert_array_equal(decoded.images[1], image)
+    assert decoded.labels.tolist() == [1, 1]
