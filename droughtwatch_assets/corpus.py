@@ -63,7 +63,8 @@ def corpus_manifest(lake: Store) -> CorpusManifest:
 
 def shard_sources(lake: Store, keys: Sequence[str], variant: Variant) -> list[ShardSource]:
     """Training inputs of these shards, each loaded from the lake only when the pipeline gets
-    to it, and only the bands and indices the variant uses (the rest is never decompressed)."""
+    to it, and only the bands and indices the variant uses (the rest is never decompressed,
+    and from a local lake never even read: the files are memory-mapped)."""
     bands = [f for f in variant.features if f in BAND_FEATURES]
     index_names = [f for f in variant.features if f in INDEX_FEATURES]
 
@@ -71,12 +72,12 @@ def shard_sources(lake: Store, keys: Sequence[str], variant: Variant) -> list[Sh
         def load():
             return (
                 dataset_from_arrow(
-                    lake.read_bytes(f"{FILTERED}/{key}{SUFFIX}"),
+                    lake.read_view(f"{FILTERED}/{key}{SUFFIX}"),
                     variables=["pixels"],
                     select={"band": bands},
                 ),
                 dataset_from_arrow(
-                    lake.read_bytes(f"{INDICES}/{key}{SUFFIX}"), variables=index_names
+                    lake.read_view(f"{INDICES}/{key}{SUFFIX}"), variables=index_names
                 ),
             )
 

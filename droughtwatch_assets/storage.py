@@ -6,6 +6,7 @@ Keys are '/'-separated, relative to the store root, and listed in S3's UTF-8 byt
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import shutil
 import stat
@@ -123,6 +124,13 @@ class Store(ABC):
     def read_bytes(self, key: str) -> bytes:
         """The object's content; ObjectNotFound when missing."""
 
+    def read_view(self, key: str) -> bytes | memoryview:
+        """The object's content for a reader that may use only part of it (an Arrow file whose
+        reader takes a few columns): memory-mapped where the store allows, so only the pages
+        read are loaded; else ``read_bytes``. The view stays valid after the object is
+        replaced (the old file stays mapped)."""
+        return self.read_bytes(key)
+
     @abstractmethod
     def write_bytes(self, key: str, data: bytes | memoryview) -> ObjectInfo:
         """Store `data` atomically: readers see the old object or the whole new one."""
@@ -185,6 +193,18 @@ class LocalStore(Store):
         try:
             with open(path, "rb") as f:
                 return f.read()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
+            raise ObjectNotFound(f"no object {key!r} in {self.uri}") from e
+        except OSError as e:
+            raise self._error("read", key, e) from e
+
+    def read_view(self, key: str) -> bytes | memoryview:
+        path = self._path(key)
+        try:
+            with open(path, "rb") as f:
+                if os.fstat(f.fileno()).st_size == 0:
+                    return b""  # an empty file cannot be mapped
+                return memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as e:
             raise ObjectNotFound(f"no object {key!r} in {self.uri}") from e
         except OSError as e:

@@ -72,6 +72,20 @@ def test_write_read_info_exists_delete_round_trip(store: Store) -> None:
     assert keys(store.list()) == ["m.bin"]
 
 
+def test_read_view_gives_the_bytes_and_survives_a_rewrite(store: Store) -> None:
+    store.write_bytes("a/part-r-00000", b"first content")
+    view = store.read_view("a/part-r-00000")
+    if isinstance(store, LocalStore):
+        assert isinstance(view, memoryview)  # memory-mapped, not read
+    store.write_bytes("a/part-r-00000", b"second, longer content")  # atomic replace
+    assert bytes(view) == b"first content"  # the old object, still mapped
+    assert bytes(store.read_view("a/part-r-00000")) == b"second, longer content"
+    store.write_bytes("empty", b"")
+    assert bytes(store.read_view("empty")) == b""
+    with pytest.raises(ObjectNotFound, match="missing"):
+        store.read_view("missing")
+
+
 def test_version_changes_when_rewritten(store: Store) -> None:
     first = store.write_bytes("k/obj", b"version one")
     second = store.write_bytes("k/obj", b"version two, longer")
