@@ -15,7 +15,11 @@ export MLFLOW_DISABLE_TELEMETRY ?= true
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
-.PHONY: install demo dev mlflow-ui test lint bench bench-training bench-inference clean
+CHECKOV := .tools/checkov/bin/checkov
+COMPOSE := docker compose -f docker/docker-compose.yml --env-file docker/.env
+
+.PHONY: install tools demo dev mlflow-ui test lint bench bench-training bench-inference \
+	stack-up stack-down clean
 
 $(UV):
 	$(PYTHON) -m venv .uv
@@ -27,6 +31,15 @@ $(VENV)/.synced-$(TF): pyproject.toml uv.lock | $(UV)
 	touch $@
 
 install: $(VENV)/.synced-$(TF)  ## create or update the environment from uv.lock
+
+# checkov scans infra/ in the test suite. In the project's environment it would downgrade boto3
+# (stack notes), so it gets its own, from pinned requirements.
+$(CHECKOV): infra/requirements-checkov.txt
+	$(PYTHON) -m venv .tools/checkov
+	.tools/checkov/bin/pip install --quiet --disable-pip-version-check -r $<
+	touch $@
+
+tools: $(CHECKOV)  ## the deployment linters that live outside the environment (checkov)
 
 demo: install  ## sample corpus + drops, discover, ingest, summary
 	$(BIN)/droughtwatch demo
@@ -45,7 +58,7 @@ lint: install
 	@$(BIN)/droughtwatch home > /dev/null
 	$(BIN)/dagster definitions validate -m droughtwatch_assets.definitions
 
-test: install lint  ## the whole suite
+test: install tools lint  ## the whole suite
 	$(BIN)/pytest
 
 bench: install  ## ingest benchmark against the earlier approach; writes docs/benchmarks.md
@@ -57,5 +70,15 @@ bench-training: install  ## input pipeline, earlier approach, memory; docs/bench
 bench-inference: install  ## predictions/s and drop-to-metrics latency; docs/benchmarks-inference.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.inference
 
+docker/.env:
+	@echo "docker/.env is missing: cp docker/.env.example docker/.env and set its passwords" >&2
+	@exit 1
+
+stack-up: docker/.env  ## the whole stack on this machine with Docker Compose (docker/README.md)
+	$(COMPOSE) up -d --build --wait
+
+stack-down:  ## stop the stack; its named volumes (data) are kept
+	$(COMPOSE) down
+
 clean:
-	rm -rf $(VENV) .uv .droughtwatch .pytest_cache
+	rm -rf $(VENV) .uv .tools .droughtwatch .pytest_cache
