@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -163,6 +164,7 @@ def test_webserver_on_the_code_server_lists_assets_checks_and_sensor(env):
         [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(code_port),
          "-m", "droughtwatch_assets.definitions"],
         env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: it and its gRPC child end together
     )  # fmt: skip
     env = {
         **env,
@@ -209,9 +211,12 @@ def test_webserver_on_the_code_server_lists_assets_checks_and_sensor(env):
             ("droughtwatch", "RepositoryLocation")
         ]
     finally:
-        for p in (proc, code_server):
-            p.terminate()
-            p.wait(timeout=30)
+        proc.terminate()
+        proc.wait(timeout=30)
+        # dagster code-server 1.13 does not always exit on SIGTERM (its serve loop can wait on
+        # a termination thread forever), so its whole process group is killed.
+        os.killpg(code_server.pid, signal.SIGKILL)
+        code_server.wait(timeout=30)
 
 
 def test_demo_ingests_trains_promotes_and_scores_the_drops(env):
