@@ -679,20 +679,25 @@ COMMAND = ".venv/bin/python -m droughtwatch_tests.benchmarks.ingest"
 
 THROUGHPUT_NOTE = """### The throughput target
 
-On 2026-11-26 the 2-worker ratio over the baseline ranged from 4.8x to 7.3x across runs on
-this machine (ours 5,100 to 7,400 records/s, the baseline 640 to 1,090 records/s; the two move
-together with the load other sessions put on the cores), short of the 10x target. What got it
-from 2.9x to there, in order of effect: Arrow IPC with lz4 instead of Parquet with zstd level 1
-(Parquet alone spent about 0.04 ms per image encoding; lz4 compresses about twice as fast as
-zstd), one op for the three assets (each shard is read and decoded once and the indices are
-computed from the filtered images in memory), a CRC-32C of the shard instead of sha256, and
-no fsync on atomic local writes. What remains is mostly floor: bringing 46 KB of pixels per
-record under the 1.1 x storage budget costs about 0.06-0.07 ms of lz4 per record (stored
-uncompressed, images and indices would take 1.23 x the raw bytes), protobuf decoding about
-0.03 ms, and the indices about 0.03 ms, so two cores top out near 10,000-11,000 records/s with
-nothing else running, against a baseline of 1,000-1,300. Ideas not yet tried: decoding straight
-into a band-major array (drops one copy of every pixel), memory-mapped reads, and compressing
-only the bands that compress (B9-B11 and the indices)."""
+Short of 10x. On 2026-11-26 the 2-worker ratio over the baseline ranged from 4.8x to 7.3x
+across runs on this machine (the two rates move together with the load other sessions put on
+the cores). What got it from 2.9x to there, in order of effect: Arrow IPC with lz4 instead of
+Parquet with zstd level 1, one op for the three assets (each shard is read and decoded once, the
+indices computed from the filtered images in memory), decoding shards whose records share one
+layout with numpy slices instead of a protobuf parse per record (`core/tfrecord.py`,
+`_decode_uniform`: read + validate went from about 0.09 to 0.055 ms per record, one worker from
+about 3,100 to 4,300 records/s), a CRC-32C of the shard instead of sha256, and no fsync on
+atomic local writes.
+
+What remains is close to the floor on these cores. Encoding and storing the filtered images is
+almost half of a worker's time, and most of that is lz4 itself: bringing 46 KB of pixels per
+record under the 1.1x storage budget takes 0.07-0.08 ms per record (stored uncompressed, images
+and indices would take 1.23x the raw bytes; zstd level 1 stores 30 % less but compresses 1.6x
+slower). Arrow's lz4 accepts an acceleration level: level -64 compresses about 30 % faster for
+images about 11 % larger (stored / raw about 1.03, still within budget); at most about 10 % end
+to end, so it was not taken. The indices cost about 0.03 ms per record and reading, framing and
+checking the CRCs about 0.05 ms. With 0.23 ms per record on one core, two cores top out near
+8,500 records/s against a baseline of 1,000-1,100 on a quiet machine: about 8x."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "") -> str:
