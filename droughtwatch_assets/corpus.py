@@ -14,7 +14,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
+import numpy as np
+
 from droughtwatch_assets.core.imagestack import dataset_from_arrow
+from droughtwatch_assets.core.tfrecord import UNLABELLED
 from droughtwatch_assets.core.training import ShardSource
 from droughtwatch_assets.core.variants import BAND_FEATURES, INDEX_FEATURES, Variant
 from droughtwatch_assets.storage import Store
@@ -83,4 +86,12 @@ def shard_sources(lake: Store, keys: Sequence[str], variant: Variant) -> list[Sh
 
         return load
 
-    return [ShardSource(key, loader(key)) for key in keys]
+    def labelled(key: str):
+        def count() -> int:
+            # The labels alone: from a local lake only their pages are read (memory-mapped).
+            images = dataset_from_arrow(lake.read_view(f"{FILTERED}/{key}{SUFFIX}"), variables=[])
+            return int(np.count_nonzero(images["label"].values != UNLABELLED))
+
+        return count
+
+    return [ShardSource(key, loader(key), labelled(key)) for key in keys]

@@ -153,6 +153,41 @@ def test_evaluation_stream_is_every_labelled_record_in_order(corpus) -> None:
     np.testing.assert_array_equal(labels, np.concatenate([e[1] for e in expected]))
 
 
+def test_lake_sources_count_their_labelled_images_and_give_the_stream_a_known_length(
+    tmp_path,
+) -> None:
+    """Keras waits about an epoch's time before each later epoch of a dataset whose length is
+    unknown; the lake's sources count their labelled images so make_dataset knows it."""
+    import tensorflow as tf
+
+    from droughtwatch_assets.corpus import shard_sources
+    from droughtwatch_assets.storage import LocalStore
+
+    lake = LocalStore(tmp_path / "lake")
+    shards = {f"train/part-r-{i:05d}": make_shard(30, 200 + i, unlabelled=4 * i) for i in range(3)}
+    for key, (filtered, indices) in shards.items():
+        lake.write_bytes(f"filtered_images/{key}.arrow", dataset_to_arrow(filtered))
+        lake.write_bytes(f"spectral_indices/{key}.arrow", dataset_to_arrow(indices))
+    sources = shard_sources(lake, list(shards), SMALL)
+    expected = [int((f["label"].values >= 0).sum()) for f, _ in shards.values()]
+    assert [s.labelled() for s in sources] == expected and len(set(expected)) > 1
+
+    for cap in (None, 40):
+        total = sum(expected) if cap is None else cap
+        dataset = make_dataset(sources, SMALL, training=True, max_records=cap)
+        batches = -(-total // SMALL.batch_size)
+        assert int(dataset.cardinality()) == batches
+        assert sum(int(x.shape[0]) for x, _ in dataset) == total
+    # Sources that cannot count (no `labelled`) leave the length unknown, as before.
+    unknown = make_dataset([ShardSource(s.key, s.load) for s in sources], SMALL, training=False)
+    assert int(unknown.cardinality()) == tf.data.UNKNOWN_CARDINALITY
+
+    # A lake that changes under training fails the pass with a clear message.
+    liar = [ShardSource(s.key, s.load, lambda: 1000) for s in sources]
+    with pytest.raises(tf.errors.FailedPreconditionError, match="expected to contain"):
+        list(make_dataset(liar, SMALL, training=False))
+
+
 def test_in_memory_dataset_batches_like_the_stream() -> None:
     x = np.zeros((20, 65, 65, 4), np.uint8)
     y = np.arange(20) % 4
