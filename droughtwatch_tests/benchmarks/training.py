@@ -670,10 +670,20 @@ def format_gpu(gpu: dict[str, Any]) -> str:
 RATIO_NOTE = """Why the timed epoch and not the steady state decides: the two pipelines pay their
 per-epoch costs at different times. `in_memory_dataset` shuffles with a buffer as large as the
 corpus, which TensorFlow refills before the first batch of every epoch, so its steady state
-leaves that cost out; the lake-fed pipeline pays its cost (decoding each shard's two Arrow
-objects, about 40 ms per 500-image shard, on the same two cores as the model) spread over the
-epoch, so its steady state keeps it in. What a multi-epoch training run sees is the whole epoch.
-The steady-state ratio is shown as well: it is the lake pipeline's CPU overhead alone."""
+leaves that cost out; the lake-fed pipeline pays its cost (decoding each shard's Arrow objects,
+memory-mapped so that only the variant's columns are read: about 17 ms per 500-image shard, on
+the same two cores as the model) spread over the epoch, so its steady state keeps it in. What a
+multi-epoch training run sees is the whole epoch. The steady-state ratio is shown as well: it is
+the lake pipeline's CPU overhead alone.
+
+Until 2026-11-26 the lake-fed timed epoch also held a stall of 16-20 s before its first batch
+(0.48-0.66 of in-memory by timed epoch, 0.8-0.9 steady): Keras waits about an epoch's time
+before every epoch after the first when a `tf.data` dataset's length is unknown. The earlier
+format's TFRecord stream has an unknown length too and shows the same stall in some runs; the
+in-memory dataset never did. `make_dataset` now gives the stream its length (each lake shard
+counts its labelled images from the label column alone), which removed the stall from training
+itself, not only from this benchmark (on this 20,000-example corpus, 100 epochs of `useful`
+would have spent about half an hour in it)."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "", gpu: dict | None = None) -> str:
