@@ -683,7 +683,15 @@ format's TFRecord stream has an unknown length too and shows the same stall in s
 in-memory dataset never did. `make_dataset` now gives the stream its length (each lake shard
 counts its labelled images from the label column alone), which removed the stall from training
 itself, not only from this benchmark (on this 20,000-example corpus, 100 epochs of `useful`
-would have spent about half an hour in it)."""
+would have spent about half an hour in it).
+
+A stall of the same size still happens in some lake-fed runs, not all: the timed epoch's first
+batch comes about 18-20 s late (on 2026-11-26, in 5 of 8 lake phases after the fix, each in a
+fresh process; never in the in-memory phases; once in the earlier format's). It is not the
+pipeline (its steady state now matches in-memory, and an in-process reproduction with per-batch
+timing showed the second epoch starting at once) and not the length; a pattern with
+`TF_CPP_MIN_LOG_LEVEL` seen in five runs did not hold in the sixth. The cause is not found, and
+the whole-epoch median of two runs decides whether a stalled run is the median."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "", gpu: dict | None = None) -> str:
