@@ -681,17 +681,19 @@ Until 2026-11-26 the lake-fed timed epoch also held a stall of 16-20 s before it
 before every epoch after the first when a `tf.data` dataset's length is unknown. The earlier
 format's TFRecord stream has an unknown length too and shows the same stall in some runs; the
 in-memory dataset never did. `make_dataset` now gives the stream its length (each lake shard
-counts its labelled images from the label column alone), which removed the stall from training
-itself, not only from this benchmark (on this 20,000-example corpus, 100 epochs of `useful`
-would have spent about half an hour in it).
+counts its labelled images from the label column alone). In an in-process A/B with per-batch
+timing, the second epoch's first batch came after 18.4 s without the length and 0.3 s with it;
+that is training itself, not only this benchmark (on this 20,000-example corpus, 100 epochs of
+`useful` would have spent about half an hour waiting).
 
-A stall of the same size still happens in some lake-fed runs, not all: the timed epoch's first
-batch comes about 18-20 s late (on 2026-11-26, in 5 of 8 lake phases after the fix, each in a
-fresh process; never in the in-memory phases; once in the earlier format's). It is not the
-pipeline (its steady state now matches in-memory, and an in-process reproduction with per-batch
-timing showed the second epoch starting at once) and not the length; a pattern with
-`TF_CPP_MIN_LOG_LEVEL` seen in five runs did not hold in the sixth. The cause is not found, and
-the whole-epoch median of two runs decides whether a stalled run is the median."""
+A stall of the same size still happens in some fresh-process runs: the timed epoch's first batch
+comes about 18-20 s late. On 2026-11-26, after the fix, it hit 6 of 11 lake phases and, in the
+run on this page, both earlier-format phases; never an in-memory phase. It is not the pipeline's
+own work (the lake-fed steady state is 0.9-1.05 of in-memory, and an in-process reproduction with
+per-batch timing started its second epoch at once), and a pattern with `TF_CPP_MIN_LOG_LEVEL`
+seen in five runs did not hold in the sixth. The cause is not found. With the median of two
+runs, a stalled run can decide the result: the full run before this page's measured 0.485 and
+0.969 (median 0.72, FAIL); this page's run had no lake stall."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "", gpu: dict | None = None) -> str:
