@@ -168,7 +168,8 @@ class _ShardStream:
         self.passes += 1
         stats = _PassStats()
         remaining = self.max_records
-        for source in self.order(pass_number):
+        order = self.order(pass_number)
+        for i, source in enumerate(order):
             if remaining is not None and remaining <= 0:
                 break
             x, y = self.load(source)
@@ -178,6 +179,11 @@ class _ShardStream:
             stats.records += len(y)
             stats.label_counts += np.bincount(y.astype(np.int64), minlength=NUM_CLASSES)
             stats.shards.append(source.key)
+            last = i == len(order) - 1 or (remaining is not None and remaining <= 0)
+            if last and self.first_pass is None:
+                # Recorded before the last yield: a consumer that stops at the pass's last
+                # batch (fit with steps_per_epoch) never resumes the generator past it.
+                self.first_pass = stats
             if len(y):
                 yield x, y
         if self.first_pass is None:
@@ -312,6 +318,22 @@ def in_memory_dataset(
     return dataset.prefetch(_PREFETCH_BATCHES)
 
 
+def fit_inputs(dataset: tf.data.Dataset) -> tuple[tf.data.Dataset, int | None]:
+    """(dataset, steps_per_epoch) for ``model.fit``.
+
+    A dataset of known length is repeated and its length passed as ``steps_per_epoch``, so
+    Keras keeps one iterator for the whole fit. Otherwise Keras drops the iterator at the end of
+    each epoch, and destroying an iterator whose pipeline is still prefetching waits until its
+    threads stop: a py-spy dump showed the main thread there
+    (``IteratorResource::~IteratorResource``) for the 18-20 s by which some lake-fed epochs
+    started late (docs/benchmarks-training.md). Unknown length: the dataset as it is.
+    """
+    batches = int(dataset.cardinality())
+    if batches > 0:
+        return dataset.repeat(), batches
+    return dataset, None
+
+
 @dataclass
 class TrainingResult:
     """A trained model and what its run measured."""
@@ -382,8 +404,10 @@ def train_variant(
             # Streams have no known length, so Keras learns the epoch length from the first
             # epoch and warns that the data "ran out"; that end is the intended one.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
+            inputs, steps = fit_inputs(train_data)
             fitted = model.fit(
-                train_data,
+                inputs,
+                steps_per_epoch=steps,
                 validation_data=val_data,
                 epochs=variant.epochs,
                 class_weight=variant.class_weight_map,

@@ -260,6 +260,7 @@ def fit_epochs(
     import keras
 
     from droughtwatch_assets.core.models import build_model
+    from droughtwatch_assets.core.training import fit_inputs
 
     batches = -(-examples // variant.batch_size)
     if batches <= warmup_batches:
@@ -293,8 +294,10 @@ def fit_epochs(
     with warnings.catch_warnings():
         # Streams have no known length; the end Keras warns about is the intended one.
         warnings.filterwarnings("ignore", message="Your input ran out of data")
+        inputs, steps = fit_inputs(dataset)  # as train_variant feeds its fit
         model.fit(
-            dataset,
+            inputs,
+            steps_per_epoch=steps,
             epochs=epochs,
             class_weight=variant.class_weight_map,
             callbacks=[timer],
