@@ -243,10 +243,9 @@ def _stream_dataset(
         dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     dataset = dataset.batch(variant.batch_size).map(_to_model_inputs)
     if batches is not None:
-        # Keras waits about as long as a whole epoch before the first batch of every epoch
-        # after the first when a dataset's length is unknown (measured: 18 s per epoch on a
-        # 20,000-example corpus, docs/benchmarks-training.md); with it known, it does not.
-        # If the lake changes under a training run, tf.data fails the epoch with both counts.
+        # A known length lets fit keep one iterator for all epochs (fit_inputs): dropping one
+        # at each epoch end cost up to 20 s per epoch (docs/benchmarks-training.md). If the
+        # lake changes under a training run, tf.data fails the epoch with both counts.
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(batches))
     return dataset.prefetch(_PREFETCH_BATCHES), stream
 

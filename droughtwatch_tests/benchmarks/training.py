@@ -679,24 +679,17 @@ the same two cores as the model) spread over the epoch, so its steady state keep
 multi-epoch training run sees is the whole epoch. The steady-state ratio is shown as well: it is
 the lake pipeline's CPU overhead alone.
 
-Until 2026-11-26 the lake-fed timed epoch also held a stall of 16-20 s before its first batch
-(0.48-0.66 of in-memory by timed epoch, 0.8-0.9 steady): Keras waits about an epoch's time
-before every epoch after the first when a `tf.data` dataset's length is unknown. The earlier
-format's TFRecord stream has an unknown length too and shows the same stall in some runs; the
-in-memory dataset never did. `make_dataset` now gives the stream its length (each lake shard
-counts its labelled images from the label column alone). In an in-process A/B with per-batch
-timing, the second epoch's first batch came after 18.4 s without the length and 0.3 s with it;
-that is training itself, not only this benchmark (on this 20,000-example corpus, 100 epochs of
-`useful` would have spent about half an hour waiting).
-
-A stall of the same size still happens in some fresh-process runs: the timed epoch's first batch
-comes about 18-20 s late. On 2026-11-26, after the fix, it hit 6 of 11 lake phases and, in the
-run on this page, both earlier-format phases; never an in-memory phase. It is not the pipeline's
-own work (the lake-fed steady state is 0.9-1.05 of in-memory, and an in-process reproduction with
-per-batch timing started its second epoch at once), and a pattern with `TF_CPP_MIN_LOG_LEVEL`
-seen in five runs did not hold in the sixth. The cause is not found. With the median of two
-runs, a stalled run can decide the result: the full run before this page's measured 0.485 and
-0.969 (median 0.72, FAIL); this page's run had no lake stall."""
+Until 2026-11-26 the lake-fed timed epoch often started 16-20 s late (0.48-0.66 of in-memory by
+timed epoch, 0.8-0.9 steady). A py-spy dump during the wait showed the main thread in
+TensorFlow's iterator destructor (`IteratorResource::~IteratorResource`, waiting for the
+pipeline's threads): Keras drops the dataset iterator at the end of every epoch, and tearing
+down one whose pipeline is still prefetching from the Python generator took that long in some
+runs (6 of 11 fresh-process lake phases; the earlier format's TFRecord stream too; never the
+in-memory dataset). Training (`train_variant`, and this benchmark, which fits the same way) now
+gives the stream its length (each lake shard counts its labelled images from the label column)
+and fits on `dataset.repeat()` with `steps_per_epoch` (`core.training.fit_inputs`), so one
+iterator serves the whole fit. The earlier format's stream has no known length and keeps the
+old behaviour, which is why it still stalls in some runs."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "", gpu: dict | None = None) -> str:
