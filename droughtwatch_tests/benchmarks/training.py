@@ -689,7 +689,13 @@ in-memory dataset). Training (`train_variant`, and this benchmark, which fits th
 gives the stream its length (each lake shard counts its labelled images from the label column)
 and fits on `dataset.repeat()` with `steps_per_epoch` (`core.training.fit_inputs`), so one
 iterator serves the whole fit. The earlier format's stream has no known length and keeps the
-old behaviour, which is why it still stalls in some runs."""
+old behaviour, which is why it still stalls in some runs.
+
+With one iterator per fit the in-memory pipeline got faster as well (1,170-1,184 examples/s on
+2026-11-26, against 930-1,040 before), and lake-fed over in-memory came out at 0.79-0.84, whole
+epoch and steady state alike: no stall left, what remains is the lake pipeline's own CPU work
+(loading shards and unbatching them, about 0.1 ms per example) on the two cores the model
+trains on."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "", gpu: dict | None = None) -> str:

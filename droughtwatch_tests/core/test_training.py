@@ -188,6 +188,32 @@ def test_lake_sources_count_their_labelled_images_and_give_the_stream_a_known_le
         list(make_dataset(liar, SMALL, training=False))
 
 
+def test_fit_keeps_one_iterator_for_streams_of_known_length(corpus) -> None:
+    """fit_inputs repeats a dataset of known length and passes the length as steps_per_epoch,
+    so Keras never tears an iterator down between epochs; unknown lengths pass through."""
+    import tensorflow as tf
+
+    from droughtwatch_assets.core.training import _stream_dataset, fit_inputs
+
+    known = tf.data.Dataset.range(10).batch(3)
+    inputs, steps = fit_inputs(known)
+    assert steps == 4 and int(inputs.cardinality()) == tf.data.INFINITE_CARDINALITY
+    unknown = known.filter(lambda x: True)
+    assert fit_inputs(unknown) == (unknown, None)
+    # A stream read for exactly one pass of batches (never resumed past its last batch) has
+    # still recorded its first pass: train_variant reads the class balance from it.
+    sources = [ShardSource(s.key, s.load, lambda s=s: labelled_count([s])) for s in corpus["train"]]
+    dataset, stream = _stream_dataset(
+        sources, SMALL, training=True, max_records=None, shuffle_buffer=64, seed=1
+    )
+    inputs, steps = fit_inputs(dataset)
+    assert steps == -(-labelled_count(corpus["train"]) // SMALL.batch_size)
+    for _ in inputs.take(steps):
+        pass
+    assert stream.first_pass is not None
+    assert stream.first_pass.records == labelled_count(corpus["train"])
+
+
 def test_in_memory_dataset_batches_like_the_stream() -> None:
     x = np.zeros((20, 65, 65, 4), np.uint8)
     y = np.arange(20) % 4
