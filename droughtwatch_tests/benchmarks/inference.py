@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from droughtwatch_tests.benchmarks.ingest import machine
+from droughtwatch_tests.benchmarks.ingest import machine, measuring_arguments
 
 VARIANT = "baseline"
 CHAMPION = "champion"
@@ -953,18 +953,6 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     return bench
 
 
-def _measuring_arguments(argv: Sequence[str]) -> str:
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--json", "--docs"):
-            skip = True
-        elif not arg.startswith(("--json=", "--docs=")):
-            kept.append(arg)
-    return " ".join(kept)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     bench = settings_from_args(args)
@@ -985,7 +973,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if docs is not None:
         docs.parent.mkdir(parents=True, exist_ok=True)
         docs.write_text(
-            format_docs(report, _measuring_arguments(sys.argv[1:] if argv is None else argv))
+            format_docs(report, measuring_arguments(sys.argv[1:] if argv is None else argv))
         )
         _log(f"wrote {docs}")
     return 0

@@ -880,15 +880,18 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _measuring_arguments(argv: Sequence[str]) -> str:
-    """The arguments that shape the figures: where results were written to is left out."""
+def measuring_arguments(
+    argv: Sequence[str], output_options: Sequence[str] = ("--json", "--docs")
+) -> str:
+    """The arguments that shape the figures: the options naming where results are read from or
+    written to (each with its value) are left out. Shared by the three benchmarks."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ("--json", "--docs"):
+        elif arg in output_options:
             skip = True
-        elif not arg.startswith(("--json=", "--docs=")):
+        elif not arg.startswith(tuple(f"{o}=" for o in output_options)):
             kept.append(arg)
     return " ".join(kept)
 
@@ -912,7 +915,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if docs is not None:
         docs.parent.mkdir(parents=True, exist_ok=True)
         docs.write_text(
-            format_docs(report, _measuring_arguments(sys.argv[1:] if argv is None else argv))
+            format_docs(report, measuring_arguments(sys.argv[1:] if argv is None else argv))
         )
         _log(f"wrote {docs}")
     return 0 if all(r["passed"] for r in report["targets"]) else 1

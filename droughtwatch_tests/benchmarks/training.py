@@ -39,6 +39,7 @@ from droughtwatch_tests.benchmarks.ingest import (
     ensure_corpus,
     ingest_shard,
     machine,
+    measuring_arguments,
 )
 
 VARIANT = "baseline"
@@ -880,18 +881,6 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     return settings
 
 
-def _measuring_arguments(argv: Sequence[str]) -> str:
-    kept, skip = [], False
-    for arg in argv:
-        if skip:
-            skip = False
-        elif arg in ("--json", "--docs", "--gpu-json"):
-            skip = True
-        elif not arg.startswith(("--json=", "--docs=", "--gpu-json=")):
-            kept.append(arg)
-    return " ".join(kept)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.phase:
@@ -910,7 +899,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.json.write_text(json.dumps(report, indent=1))
     if docs is not None:
         gpu = gpu_from_json(args.gpu_json) if args.gpu_json else None
-        arguments = _measuring_arguments(sys.argv[1:] if argv is None else argv)
+        arguments = measuring_arguments(
+            sys.argv[1:] if argv is None else argv, ("--json", "--docs", "--gpu-json")
+        )
         docs.parent.mkdir(parents=True, exist_ok=True)
         docs.write_text(format_docs(report, arguments, gpu))
         _log(f"wrote {docs}")
