@@ -41,64 +41,58 @@ def custom_objects() -> dict[str, type]:
     import keras
     from keras import ops
 
+    class _SeededAugmentation(keras.layers.Layer):
+        """A per-image random pixel permutation, in training only: two seeded coins per image
+        pick among four variants (`_apply`); the shape never changes."""
+
+        def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.seed = seed
+            self.seed_generator = keras.random.SeedGenerator(seed)
+
+        def call(self, inputs: Any, training: bool | None = None) -> Any:
+            if not training:
+                return inputs
+            coins = keras.random.uniform(
+                (ops.shape(inputs)[0], 2, 1, 1, 1), seed=self.seed_generator
+            )
+            return self._apply(inputs, coins[:, 0] < 0.5, coins[:, 1] < 0.5)
+
+        def _apply(self, inputs: Any, first: Any, second: Any) -> Any:
+            raise NotImplementedError
+
+        def compute_output_shape(self, input_shape: Any) -> Any:
+            return input_shape
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "seed": self.seed}
+
     @keras.saving.register_keras_serializable(package="droughtwatch")
-    class RandomFlips(keras.layers.Layer):
+    class RandomFlips(_SeededAugmentation):
         """Independent left-right and up-down flips per image, in training only.
 
         Not keras.layers.RandomFlip: its "horizontal_and_vertical" mode draws one coin for both
         axes, so it only ever gives the identity or a 180-degree rotation.
         """
 
-        def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.seed = seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
-
-        def call(self, inputs: Any, training: bool | None = None) -> Any:
-            if not training:
-                return inputs
-            coins = keras.random.uniform(
-                (ops.shape(inputs)[0], 2, 1, 1, 1), seed=self.seed_generator
-            )
-            out = ops.where(coins[:, 0] < 0.5, ops.flip(inputs, axis=2), inputs)
-            return ops.where(coins[:, 1] < 0.5, ops.flip(out, axis=1), out)
-
-        def compute_output_shape(self, input_shape: Any) -> Any:
-            return input_shape
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "seed": self.seed}
+        def _apply(self, inputs: Any, first: Any, second: Any) -> Any:
+            out = ops.where(first, ops.flip(inputs, axis=2), inputs)
+            return ops.where(second, ops.flip(out, axis=1), out)
 
     @keras.saving.register_keras_serializable(package="droughtwatch")
-    class RandomRotate90(keras.layers.Layer):
+    class RandomRotate90(_SeededAugmentation):
         """Rotation of each image by a random multiple of 90 degrees, in training only.
 
         Exact pixel permutations (transpose and flips), unlike keras.layers.RandomRotation,
         which interpolates and draws from a continuous range. Needs square images.
         """
 
-        def __init__(self, seed: int | None = None, **kwargs: Any) -> None:
-            super().__init__(**kwargs)
-            self.seed = seed
-            self.seed_generator = keras.random.SeedGenerator(seed)
-
-        def call(self, inputs: Any, training: bool | None = None) -> Any:
-            if not training:
-                return inputs
-            coins = keras.random.uniform(
-                (ops.shape(inputs)[0], 2, 1, 1, 1), seed=self.seed_generator
-            )
+        def _apply(self, inputs: Any, first: Any, second: Any) -> Any:
             # k = b + 2a quarter turns: a quarter turn is a transpose then a flip, a half turn
             # is a flip of both axes.
             quarter = ops.flip(ops.transpose(inputs, (0, 2, 1, 3)), axis=2)
-            out = ops.where(coins[:, 0] < 0.5, quarter, inputs)
-            return ops.where(coins[:, 1] < 0.5, ops.flip(out, axis=(1, 2)), out)
-
-        def compute_output_shape(self, input_shape: Any) -> Any:
-            return input_shape
-
-        def get_config(self) -> dict[str, Any]:
-            return {**super().get_config(), "seed": self.seed}
+            out = ops.where(first, quarter, inputs)
+            return ops.where(second, ops.flip(out, axis=(1, 2)), out)
 
     return {
         "droughtwatch>RandomFlips": RandomFlips,
