@@ -9,6 +9,7 @@ when a usable shard appears, disappears or is rewritten, so schedules and sensor
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Sequence
@@ -87,6 +88,8 @@ def shard_sources(lake: Store, keys: Sequence[str], variant: Variant) -> list[Sh
         return load
 
     def labelled(key: str):
+        # Counted once per source: training builds its validation stream twice (fit, evaluate).
+        @functools.cache
         def count() -> int:
             # The labels alone: from a local lake only their pages are read (memory-mapped).
             images = dataset_from_arrow(lake.read_view(f"{FILTERED}/{key}{SUFFIX}"), variables=[])
