@@ -25,7 +25,13 @@ import numpy as np
 import xarray as xr
 
 from droughtwatch_assets.core.imagestack import image_dataset
-from droughtwatch_assets.core.tfrecord import BANDS, IMAGE_SIDE, NUM_CLASSES, UNLABELLED
+from droughtwatch_assets.core.tfrecord import (
+    BANDS,
+    IMAGE_SIDE,
+    NUM_CLASSES,
+    UNLABELLED,
+    select_images,
+)
 
 BLANK_MAX_VALUE = 1
 CLOUD_BLUE_MIN = 77
@@ -37,6 +43,7 @@ CLOUD_POLICIES: tuple[str, ...] = ("flag", "remove")
 
 _PIXELS = IMAGE_SIDE * IMAGE_SIDE
 _B2 = BANDS.index("B2")
+_B5 = BANDS.index("B5")
 _B10 = BANDS.index("B10")
 _B11 = BANDS.index("B11")
 
@@ -56,19 +63,32 @@ def _check_stack(images: np.ndarray) -> np.ndarray:
 def is_blank(images: np.ndarray) -> np.ndarray:
     """(n,) bool: True where every band of the image is at most BLANK_MAX_VALUE."""
     images = _check_stack(images)
-    flat = images.reshape(images.shape[0], len(BANDS) * _PIXELS)
-    return flat.max(axis=1, initial=0) <= BLANK_MAX_VALUE
+    n = images.shape[0]
+    # One band rules out almost every image: only those with nothing above the threshold in
+    # NIR (bright over land and over cloud) have all their bands checked.
+    nir_max = images[:, _B5].reshape(n, _PIXELS).max(axis=1, initial=0)
+    blank = nir_max <= BLANK_MAX_VALUE
+    candidates = np.flatnonzero(blank)
+    if candidates.size:
+        rest = images[candidates].reshape(candidates.size, len(BANDS) * _PIXELS)
+        blank[candidates] = rest.max(axis=1, initial=0) <= BLANK_MAX_VALUE
+    return blank
 
 
 def cloud_fraction(images: np.ndarray) -> np.ndarray:
     """(n,) float32: the fraction of each image's pixels that are bright in blue and cold."""
     images = _check_stack(images)
     n = images.shape[0]
-    bright = images[:, _B2] >= CLOUD_BLUE_MIN
-    # mean(B10, B11) <= 190 exactly when B10 + B11 <= 380; uint16 holds the sum without overflow.
-    thermal_sum = np.add(images[:, _B10], images[:, _B11], dtype=np.uint16)
-    bright &= thermal_sum <= 2 * CLOUD_THERMAL_MAX
-    counts = bright.reshape(n, _PIXELS).view(np.uint8).sum(axis=1, dtype=np.int32)
+    bright = (images[:, _B2] >= CLOUD_BLUE_MIN).reshape(n, _PIXELS)
+    counts = np.zeros(n, dtype=np.int32)
+    # Clear images have no bright blue pixel at all: the thermal test runs on the others only.
+    some = np.flatnonzero(bright.any(axis=1))
+    if some.size:
+        # mean(B10, B11) <= 190 exactly when B10 + B11 <= 380; uint16 holds the sum.
+        thermal_sum = np.add(images[some, _B10], images[some, _B11], dtype=np.uint16)
+        cold = thermal_sum.reshape(some.size, _PIXELS) <= 2 * CLOUD_THERMAL_MAX
+        cold &= bright[some]
+        counts[some] = cold.view(np.uint8).sum(axis=1, dtype=np.int32)
     return (counts / _PIXELS).astype(np.float32)
 
 
@@ -143,7 +163,8 @@ def filter_images(
     if keep.all():
         kept = (images, labels, ids, fraction, cloudy)  # no copy of the stack in the common case
     else:
-        kept = (images[keep], labels[keep], ids[keep], fraction[keep], cloudy[keep])
+        kept_images = select_images(images, keep)
+        kept = (kept_images, labels[keep], ids[keep], fraction[keep], cloudy[keep])
     kept_images, kept_labels, kept_ids, kept_fraction, kept_cloudy = kept
 
     counts = np.bincount(kept_labels.astype(np.int64) - UNLABELLED, minlength=NUM_CLASSES + 1)

@@ -64,12 +64,17 @@ class _Workspace:
         self.guarded = np.empty((size, IMAGE_SIDE, IMAGE_SIDE), bool)
 
 
+# Added to a + b of two 8-bit bands: where a + b >= 1 the float32 sum does not change (the tiny
+# term is far below its resolution), and where a + b == 0 (so a - b == 0 too) the ratio becomes
+# 0 / _TINY = 0, the zero-denominator rule. One addition costs a quarter of np.maximum(t, 1).
+_TINY = _F32(1e-30)
+
+
 def _normalised_difference(a: np.ndarray, b: np.ndarray, out: np.ndarray, tmp: np.ndarray) -> None:
     # The /255 scale cancels in (a - b) / (a + b), so raw 8-bit values give the same ratio.
     np.subtract(a, b, out=out)
     np.add(a, b, out=tmp)
-    # a + b is 0 only where a == b == 0, where out is 0 too: dividing by 1 gives the 0 rule.
-    np.maximum(tmp, 1, out=tmp)
+    tmp += _TINY
     np.divide(out, tmp, out=out)
 
 
@@ -85,9 +90,10 @@ def _evi(ws: _Workspace, m: int, out: np.ndarray, tmp: np.ndarray) -> np.ndarray
     tmp += _F32(255)
     np.multiply(b2, _F32(7.5), out=out)
     tmp -= out
-    min_denominator = _F32(EVI_MIN_DENOMINATOR * 255)
-    np.less(tmp, min_denominator, out=guarded)
-    np.maximum(tmp, min_denominator, out=tmp)  # no division by ~0 or by a negative number
+    np.less(tmp, _F32(EVI_MIN_DENOMINATOR * 255), out=guarded)
+    # No division by ~0 or by a negative number: any safe value will do, those pixels are set
+    # to 0 below. Guarded pixels are rare (cloud or glare), so masked writes beat np.maximum.
+    tmp[guarded] = 1
     np.subtract(b5, b4, out=out)
     out *= _F32(2.5)
     out /= tmp

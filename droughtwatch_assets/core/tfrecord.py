@@ -1,7 +1,8 @@
 """Read and write Drought Watch TFRecord shards (serialized tf.train.Example) without TensorFlow.
 
 Decoding checks the framing and both CRCs of every record, then parses all records into one
-preallocated (n, 11, 65, 65) uint8 array; any bad record fails the whole shard.
+preallocated (n, 11, 65, 65) uint8 stack (laid out band by band, see `empty_stack`); any bad
+record fails the whole shard.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ LABEL_FEATURE = "label"
 ID_FEATURE = "filename"
 NUM_CLASSES = 4
 
-_BAND_OFFSETS = tuple((band, i * BAND_BYTES) for i, band in enumerate(BANDS))
 _HEADER = struct.Struct("<QI")
 _CRC = struct.Struct("<I")
 _MASK_DELTA = 0xA282EAD8
@@ -47,11 +47,35 @@ class ShardFormatError(ValueError):
         return (type(self), (self.shard, self.reason, self.record))
 
 
+def empty_stack(n: int) -> np.ndarray:
+    """An uninitialised (n, 11, 65, 65) uint8 image stack, laid out band by band.
+
+    It is a transposed view of an (11, n, 65, 65) array: indexing and arithmetic see the usual
+    (image, band, y, x) order, while each band of all images is one contiguous block. That is
+    the shape the work takes after decoding: the lake stores one column per band, the indices
+    read four bands, the cloud test three, so none of them copies or gathers strided bytes.
+    """
+    return np.empty((len(BANDS), n, IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8).transpose(1, 0, 2, 3)
+
+
+def select_images(images: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """`images[keep]` (a boolean mask or indices over images) that keeps a band-by-band layout."""
+    by_band = images.transpose(1, 0, 2, 3)
+    if not by_band.flags.c_contiguous:
+        return images[keep]
+    keep = np.asarray(keep)
+    if keep.dtype == bool and keep.shape != images.shape[:1]:
+        raise IndexError(f"mask of shape {keep.shape} for {images.shape[0]} images")
+    index = np.flatnonzero(keep) if keep.dtype == bool else keep
+    # np.take writes a fresh C-order (11, k, 65, 65) array; by_band[:, keep] would not.
+    return np.take(by_band, index, axis=1).transpose(1, 0, 2, 3)
+
+
 @dataclass(frozen=True)
 class DecodedShard:
     """All records of one shard, in file order."""
 
-    images: np.ndarray  # (n, 11, 65, 65) uint8, C-contiguous, band order B1..B11
+    images: np.ndarray  # (n, 11, 65, 65) uint8 from empty_stack, band order B1..B11
     labels: np.ndarray  # (n,) int8, UNLABELLED where the record has no label
     ids: np.ndarray  # (n,) unicode: the filename feature, or f"{shard}#{index}"
 
@@ -273,9 +297,10 @@ def decode_shard(data: bytes | bytearray | memoryview, shard: str) -> DecodedSha
 def _decode_records(buf: bytes, frames: Sequence[tuple[int, int, int]], shard: str) -> DecodedShard:
     """The general path: parse each record with protobuf."""
     n = len(frames)
-    images = np.empty((n, len(BANDS), IMAGE_SIDE, IMAGE_SIDE), dtype=np.uint8)
+    images = empty_stack(n)
     # A flat byte view lets each band land with one buffer copy, no numpy temporaries.
-    flat = memoryview(images.reshape(-1))
+    flat = memoryview(images.transpose(1, 0, 2, 3).reshape(-1))
+    band_offsets = [(band, b * n * BAND_BYTES) for b, band in enumerate(BANDS)]
     labels = np.empty(n, dtype=np.int8)
     ids: list[str] = []
     parse = Example.FromString
@@ -289,8 +314,8 @@ def _decode_records(buf: bytes, frames: Sequence[tuple[int, int, int]], shard: s
                 shard, f"payload is not a valid tf.train.Example: {exc}", index
             ) from exc
         features = example.features.feature
-        base = index * len(BANDS) * BAND_BYTES
-        for band, band_offset in _BAND_OFFSETS:
+        base = index * BAND_BYTES
+        for band, band_offset in band_offsets:
             feature = features.get(band)
             # A feature of another kind reads as an empty bytes_list, so one check on the
             # value count covers missing, wrong-kind and multi-valued bands; _band_error
@@ -493,11 +518,12 @@ def _decode_uniform(
     if errors:
         index, _, reason = min(errors)
         raise ShardFormatError(shard, reason, index)
-    images = np.empty((n, len(BANDS), BAND_BYTES), dtype=np.uint8)
+    images = empty_stack(n)
+    by_band = images.transpose(1, 0, 2, 3).reshape(len(BANDS), n, BAND_BYTES)
     for b, start in enumerate(band_starts):
-        images[:, b, :] = rows[:, start : start + BAND_BYTES]
+        by_band[b] = rows[:, start : start + BAND_BYTES]
     return DecodedShard(
-        images=images.reshape(n, len(BANDS), IMAGE_SIDE, IMAGE_SIDE),
+        images=images,
         labels=labels,
         ids=np.array(ids, dtype=str),
     )

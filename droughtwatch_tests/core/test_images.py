@@ -16,7 +16,7 @@ from droughtwatch_assets.core.images import (
     is_blank,
     is_cloudy,
 )
-from droughtwatch_assets.core.tfrecord import DecodedShard, read_shard
+from droughtwatch_assets.core.tfrecord import DecodedShard, empty_stack, read_shard
 
 B2, B10, B11 = 1, 9, 10
 SIDE = 65
@@ -49,6 +49,35 @@ def test_blank_means_no_value_above_one_in_any_band() -> None:
     images[2, 7, 64, 64] = 2  # a single pixel of one band is enough to be non-blank
     images[3] = clear_stack(1)[0]
     assert is_blank(images).tolist() == [True, True, False, False]
+
+
+@pytest.mark.parametrize("band_by_band", [False, True])
+def test_filters_agree_with_their_rules_on_mixed_stacks(band_by_band: bool) -> None:
+    """The fast paths (one band decides most images) give the rules' exact answers: blank,
+    nearly blank, NIR-dark, partly bright-blue, cloudy and clear images, in either layout."""
+    rng = np.random.default_rng(7)
+    images = rng.integers(0, 3, size=(12, 11, SIDE, SIDE), dtype=np.uint8)  # values 0..2
+    images[0:3] = rng.integers(0, 2, size=(3, 11, SIDE, SIDE))  # blank (all <= 1)
+    images[3] = np.minimum(images[3], 1)
+    images[3, 2, 5, 5] = 2  # one pixel of B3 above 1: not blank although NIR is
+    images[4:8] = clear_stack(4)
+    images[5, B2, :20] = 200  # bright blue over warm land: bright but not cloudy
+    images[6, B2] = 200
+    images[6, B10, :30] = 150  # bright and cold in part: cloudy
+    images[7, B2, 3, 3] = CLOUD_BLUE_MIN
+    images[7, B10, 3, 3] = images[7, B11, 3, 3] = CLOUD_THERMAL_MAX  # one cloudy pixel
+    if band_by_band:
+        stack = empty_stack(len(images))
+        stack[...] = images
+        images = stack
+    flat = np.asarray(images).reshape(len(images), -1)
+    np.testing.assert_array_equal(is_blank(images), flat.max(axis=1) <= 1)
+    thermal = images[:, B10].astype(int) + images[:, B11]
+    cloudy_pixels = (images[:, B2] >= CLOUD_BLUE_MIN) & (thermal <= 2 * CLOUD_THERMAL_MAX)
+    expected = cloudy_pixels.reshape(len(images), -1).mean(axis=1)
+    np.testing.assert_allclose(cloud_fraction(images), expected, rtol=0, atol=1e-7)
+    assert is_blank(images)[:4].tolist() == [True, True, True, False]
+    assert cloud_fraction(images)[5] == 0 and cloud_fraction(images)[7] == 1 / SIDE**2
 
 
 def test_cloudy_pixel_needs_bright_blue_and_cold_thermal() -> None:

@@ -111,7 +111,7 @@ def sample(sample_bytes: bytes) -> DecodedShard:
 def test_sample_shard_matches_known_facts(sample: DecodedShard) -> None:
     assert len(sample) == 81
     assert sample.images.shape == (81, 11, 65, 65)
-    assert sample.images.dtype == np.uint8 and sample.images.flags["C_CONTIGUOUS"]
+    assert sample.images.dtype == np.uint8 and is_band_by_band(sample.images)
     assert sample.labels.dtype == np.int8
     assert sample.ids.dtype.kind == "U"
     assert all(len(i) == 36 for i in sample.ids)
@@ -480,6 +480,28 @@ def by_parser(data: bytes, shard: str = SHARD) -> DecodedShard:
     return tfrecord._decode_records(data, list(tfrecord._record_frames(data, shard)), shard)
 
 
+def is_band_by_band(images: np.ndarray) -> bool:
+    """The (n, 11, 65, 65) stack is a view of one contiguous (11, n, 65, 65) array."""
+    return images.transpose(1, 0, 2, 3).flags.c_contiguous
+
+
+def test_empty_stack_and_select_images_keep_each_band_contiguous() -> None:
+    images = tfrecord.empty_stack(5)
+    assert images.shape == (5, len(BANDS), IMAGE_SIDE, IMAGE_SIDE) and images.dtype == np.uint8
+    images[...] = random_images(5)
+    assert is_band_by_band(images)
+    # Band k of every image is one block: what the lake's column for band k is made of.
+    assert np.shares_memory(images[:, 3], images) and images[:, 3].flags.c_contiguous
+    keep = np.array([True, False, True, True, False])
+    for selector in (keep, np.flatnonzero(keep)):
+        kept = tfrecord.select_images(images, selector)
+        assert is_band_by_band(kept)
+        np.testing.assert_array_equal(kept, images[keep])
+    # A stack laid out image by image is selected the plain way.
+    plain = np.ascontiguousarray(images)
+    np.testing.assert_array_equal(tfrecord.select_images(plain, keep), plain[keep])
+
+
 def takes_uniform_path(data: bytes) -> bool:
     frames = list(tfrecord._record_frames(data, SHARD))
     return tfrecord._decode_uniform(data, frames, SHARD) is not None
@@ -487,7 +509,8 @@ def takes_uniform_path(data: bytes) -> bool:
 
 def assert_same(a: DecodedShard, b: DecodedShard) -> None:
     np.testing.assert_array_equal(a.images, b.images)
-    assert a.images.flags.c_contiguous and a.images.shape == b.images.shape
+    assert is_band_by_band(a.images) and is_band_by_band(b.images)
+    assert a.images.shape == b.images.shape
     assert a.labels.dtype == b.labels.dtype and a.labels.tolist() == b.labels.tolist()
     assert a.ids.tolist() == b.ids.tolist()
 
