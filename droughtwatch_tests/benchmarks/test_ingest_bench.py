@@ -75,7 +75,7 @@ def test_phases_report_throughput_bytes_and_memory(corpus: bench.Corpus, tmp_pat
     assert ours["peak_worker_rss_mib"] > 10
     # float32 tensors for 14 planes cost about 5x the raw uint8 bands.
     assert baseline["stored_bytes"] > 4 * baseline["raw_bytes"]
-    assert ours["stored_bytes"] < ours["raw_bytes"]
+    assert ours["stored_bytes"] <= bench.TARGET_STORED_RATIO * ours["raw_bytes"]
     assert set(ours["step_seconds"]) == set(bench.STEPS)
     assert sorted(p.name for p in (tmp_path / "out-baseline").iterdir()) == [
         "train-part-r-00000.tfrecord",
