@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -135,21 +136,34 @@ class _PassStats:
 
 class _ShardStream:
     """Generator factory for tf.data: each call is one pass over the shards, loading each only
-    when the pipeline needs its records. Records of the first complete pass are kept in
-    `first_pass` (the trainer's record count and class balance)."""
+    when the pipeline needs its records, and yielding whole batches. Records of the first
+    complete pass are kept in `first_pass` (the trainer's record count and class balance).
+
+    Batches are formed here, in numpy, rather than by unbatching shards into single examples
+    for tf.data to shuffle and batch again: TensorFlow's per-example work ran on the two cores
+    the model trains on and cost more than loading the shards (docs/benchmarks-training.md).
+    When shuffling, examples are pooled until at least `shuffle_buffer` are waiting (a few
+    shards), the pool is permuted and cut into batches, and what does not fill a batch waits
+    for the next shards: examples mix within about `shuffle_buffer` of their neighbours, as in
+    a shuffle buffer of that size, and the shard order itself changes every pass.
+    """
 
     def __init__(
         self,
         sources: Sequence[ShardSource],
         features: tuple[str, ...],
         *,
+        batch_size: int,
         shuffle: bool,
+        shuffle_buffer: int,
         seed: int,
         max_records: int | None,
     ) -> None:
         self.sources = list(sources)
         self.features = features
+        self.batch_size = batch_size
         self.shuffle = shuffle
+        self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.max_records = max_records
         self.passes = 0
@@ -169,13 +183,42 @@ class _ShardStream:
         stats = _PassStats()
         remaining = self.max_records
         order = self.order(pass_number)
+        # Examples drawn from the pool, reproducible from (seed, epoch) like the shard order.
+        rng = np.random.default_rng([self.seed, pass_number, 1]) if self.shuffle else None
+        # One shard is read ahead on a thread while the batches of the ones before it go to the
+        # model: decompressing and assembling release the GIL, so the next shard is ready when
+        # the pool runs low instead of stalling the training step (both cores stay busy).
+        reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="droughtwatch-shard")
+        ahead = reader.submit(self.load, order[0]) if order else None
+        try:
+            yield from self._batches(order, ahead, reader, remaining, stats, rng)
+        finally:
+            reader.shutdown(wait=False, cancel_futures=True)
+        if self.first_pass is None:
+            self.first_pass = stats
+
+    def _batches(
+        self,
+        order: list[ShardSource],
+        ahead: Future | None,
+        reader: ThreadPoolExecutor,
+        remaining: int | None,
+        stats: _PassStats,
+        rng: np.random.Generator | None,
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        pool_size = self.shuffle_buffer if self.shuffle else self.batch_size
+        pool: list[tuple[np.ndarray, np.ndarray]] = []
+        pooled = 0
         for i, source in enumerate(order):
             if remaining is not None and remaining <= 0:
                 break
-            x, y = self.load(source)
+            assert ahead is not None
+            x, y = ahead.result()
             if remaining is not None:
                 x, y = x[:remaining], y[:remaining]
                 remaining -= len(y)
+            if i + 1 < len(order) and (remaining is None or remaining > 0):
+                ahead = reader.submit(self.load, order[i + 1])
             stats.records += len(y)
             stats.label_counts += np.bincount(y.astype(np.int64), minlength=NUM_CLASSES)
             stats.shards.append(source.key)
@@ -185,9 +228,25 @@ class _ShardStream:
                 # batch (fit with steps_per_epoch) never resumes the generator past it.
                 self.first_pass = stats
             if len(y):
-                yield x, y
-        if self.first_pass is None:
-            self.first_pass = stats
+                pool.append((x, y))
+                pooled += len(y)
+            if pooled >= pool_size or (last and pooled):
+                x, y = _concatenate(pool)
+                full = len(y) if last else len(y) - len(y) % self.batch_size
+                if rng is None:
+                    for start in range(0, full, self.batch_size):
+                        end = start + self.batch_size
+                        yield x[start:end], y[start:end]
+                    pool = [(x[full:], y[full:])] if full < len(y) else []
+                else:
+                    # One gather per batch: the pool is never copied whole in a new order.
+                    permutation = rng.permutation(len(y))
+                    for start in range(0, full, self.batch_size):
+                        take = permutation[start : start + self.batch_size]
+                        yield x[take], y[take]
+                    rest = permutation[full:]
+                    pool = [(x[rest], y[rest])] if rest.size else []
+                pooled = len(y) - full
 
     def load(self, source: ShardSource) -> tuple[np.ndarray, np.ndarray]:
         self.loads += 1
@@ -197,6 +256,12 @@ class _ShardStream:
         except Exception as exc:
             # tf.data re-raises generator errors as its own type: keep the shard in the text.
             raise ValueError(f"shard {source.key!r}: {exc}") from exc
+
+
+def _concatenate(pool: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    if len(pool) == 1:
+        return pool[0]
+    return np.concatenate([x for x, _ in pool]), np.concatenate([y for _, y in pool])
 
 
 def _to_model_inputs(x: Any, y: Any) -> tuple[Any, Any]:
@@ -227,7 +292,13 @@ def _stream_dataset(
         raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
     seed = variant.seed if seed is None else seed
     stream = _ShardStream(
-        sources, variant.features, shuffle=training, seed=seed, max_records=max_records
+        sources,
+        variant.features,
+        batch_size=variant.batch_size,
+        shuffle=training,
+        shuffle_buffer=shuffle_buffer,
+        seed=seed,
+        max_records=max_records,
     )
     channels = len(variant.features)
     batches = _known_batches(sources, max_records, variant.batch_size)
@@ -237,11 +308,7 @@ def _stream_dataset(
             tf.TensorSpec((None, IMAGE_SIDE, IMAGE_SIDE, channels), tf.int16),
             tf.TensorSpec((None,), tf.int8),
         ),
-    ).unbatch()
-    if training:
-        # Shuffled while still int16: the buffer costs 2 bytes per value, not 4.
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
-    dataset = dataset.batch(variant.batch_size).map(_to_model_inputs)
+    ).map(_to_model_inputs)
     if batches is not None:
         # A known length lets fit keep one iterator for all epochs (fit_inputs): dropping one
         # at each epoch end cost up to 20 s per epoch (docs/benchmarks-training.md). If the
@@ -278,9 +345,10 @@ def make_dataset(
 ) -> tf.data.Dataset:
     """Batches of (x float32 raw values (b, 65, 65, c), y one-hot float32 (b, 4)).
 
-    Memory is bounded by one or two shards plus `shuffle_buffer` examples plus two batches,
-    whatever the number of shards. When training, the shard order is reshuffled each pass
-    (seeded by `seed`, default the variant's) and examples are shuffled within the buffer.
+    Memory is bounded by a pool of about `shuffle_buffer` examples plus one shard plus a few
+    batches, whatever the number of shards. When training, the shard order is reshuffled each
+    pass (seeded by `seed`, default the variant's) and examples are drawn at random from the
+    pool (see `_ShardStream`); otherwise batches follow the shards' order.
     `max_records` caps the labelled records per pass: shards beyond the cap are never loaded.
     """
     dataset, _ = _stream_dataset(

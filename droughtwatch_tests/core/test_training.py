@@ -20,6 +20,7 @@ from droughtwatch_assets.core.training import (
     HISTORY_KEYS,
     ShardSource,
     evaluate,
+    fit_inputs,
     in_memory_dataset,
     make_dataset,
     predict,
@@ -222,6 +223,41 @@ def test_in_memory_dataset_batches_like_the_stream() -> None:
     np.testing.assert_array_equal(np.argmax(batches[1][1].numpy(), axis=1), [0, 1, 2, 3])
     with pytest.raises(ValueError, match="x must be"):
         in_memory_dataset(x[..., :2], y, SMALL, training=True)
+
+
+def _fingerprints(batch_x: np.ndarray) -> list[bytes]:
+    return [example.astype(np.uint8).tobytes() for example in batch_x]
+
+
+def test_training_stream_draws_every_record_once_per_pass_in_a_new_order(corpus) -> None:
+    """Batches formed from the shuffled pool: full but the last, every labelled record exactly
+    once per pass, a different order each pass, the same orders again with the same seed."""
+    sources = [  # with their counts, so that the stream has a known length
+        dataclasses.replace(s, labelled=lambda s=s: labelled_count([s])) for s in corpus["train"]
+    ]
+    total = labelled_count(sources)
+    everything = sorted(
+        f for x, _ in make_dataset(sources, SMALL, training=False) for f in _fingerprints(x.numpy())
+    )
+    assert len(everything) == total
+
+    def passes(seed: int) -> list[list[bytes]]:
+        dataset = make_dataset(sources, SMALL, training=True, shuffle_buffer=50, seed=seed)
+        inputs, steps = fit_inputs(dataset)
+        iterator = iter(inputs)
+        result = []
+        for _ in range(2):
+            batches = [next(iterator) for _ in range(steps)]
+            sizes = [int(x.shape[0]) for x, _ in batches]
+            assert sizes[:-1] == [16] * (len(sizes) - 1) and sum(sizes) == total
+            result.append([f for x, _ in batches for f in _fingerprints(x.numpy())])
+        return result
+
+    first, second = passes(5)
+    assert sorted(first) == everything and sorted(second) == everything
+    assert first != second  # reshuffled between epochs
+    assert passes(5) == [first, second]
+    assert passes(6)[0] != first
 
 
 def test_shards_are_loaded_lazily() -> None:
