@@ -140,12 +140,13 @@ class _ShardStream:
     complete pass are kept in `first_pass` (the trainer's record count and class balance).
 
     Batches are formed here, in numpy, rather than by unbatching shards into single examples
-    for tf.data to shuffle and batch again: TensorFlow's per-example work ran on the two cores
-    the model trains on and cost more than loading the shards (docs/benchmarks-training.md).
-    When shuffling, examples are pooled until at least `shuffle_buffer` are waiting (a few
-    shards), the pool is permuted and cut into batches, and what does not fill a batch waits
-    for the next shards: examples mix within about `shuffle_buffer` of their neighbours, as in
-    a shuffle buffer of that size, and the shard order itself changes every pass.
+    for tf.data to shuffle and batch again, and the next shard is read ahead on a thread: most
+    of what lake-fed training lost against in-memory was the training step waiting while a shard
+    loaded, not the load's CPU time (docs/benchmarks-training.md). When shuffling, examples are
+    pooled until at least `shuffle_buffer` are waiting (a few shards), the pool is permuted and
+    cut into batches, and what does not fill a batch waits for the next shards: examples mix
+    within about `shuffle_buffer` of their neighbours, as in a shuffle buffer of that size, and
+    the shard order itself changes every pass.
     """
 
     def __init__(
@@ -468,8 +469,9 @@ def train_variant(
     if variant.epochs > 0:
         val_data = make_dataset(val, variant, training=False, max_records=max_records)
         with warnings.catch_warnings():
-            # Streams have no known length, so Keras learns the epoch length from the first
-            # epoch and warns that the data "ran out"; that end is the intended one.
+            # A stream of unknown length (sources that cannot count their images) makes Keras
+            # learn the epoch length from the first epoch and warn that the data "ran out";
+            # that end is the intended one.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             inputs, steps = fit_inputs(train_data)
             fitted = model.fit(
