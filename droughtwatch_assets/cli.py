@@ -10,11 +10,12 @@ import sys
 import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
+from droughtwatch_assets import runs
+from droughtwatch_assets.runs import ShardOutcome
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import Store, open_store
 
@@ -103,114 +104,19 @@ def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
 # discover
 
 
-@dataclass
-class ShardOutcome:
-    key: str
-    ok: bool
-    metadata: dict = field(default_factory=dict)
-    failed_checks: list[str] = field(default_factory=list)
-    warned_checks: list[str] = field(default_factory=list)
-    error: str = ""
+def _progress(total: int, desc: str):
+    return tqdm(total=total, unit="shard", desc=desc, disable=None)
 
 
-EMBEDDED_INSTANCE_YAML = """\
-# The embedded default instance: SQLite storage in this folder (Dagster's default).
-telemetry:
-  enabled: false
-concurrency:
-  pools:
-    # The only pool is "training": one training at a time, never two on a small machine.
-    default_limit: 1
-"""
-
-
-def prepare_dagster_home() -> Path:
-    """DAGSTER_HOME, or the embedded default under DROUGHTWATCH_HOME, created if missing."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Settings.from_env().dagster_home)
-    home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        (home / "dagster.yaml").write_text(EMBEDDED_INSTANCE_YAML)
-    os.environ["DAGSTER_HOME"] = str(home)
-    return home
-
-
-def _instance():
-    import dagster as dg
-
-    prepare_dagster_home()
-    return dg.DagsterInstance.get()
-
-
-def _root_cause(error) -> str:
-    """The innermost error's message: Dagster wraps user errors in its own."""
-    while error is not None and error.cause is not None:
-        error = error.cause
-    return error.message.strip() if error is not None else ""
-
-
-def _metadata_value(value):
-    return getattr(value, "value", value)
-
-
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-"""Step-by-step DEBUG events stay in the instance (and the UI); the terminal shows warnings
-and the summary tables."""
-
-
-def run_outcome(key: str, result) -> ShardOutcome:
-    """What a run did, for the summary tables: metadata of every materialization (as
-    ``asset.label``), failed and warned checks, and the reason for a failure."""
-    import dagster as dg
-
-    outcome = ShardOutcome(key, result.success)
-    for event in result.get_asset_materialization_events():
-        mat = event.step_materialization_data.materialization
-        name = mat.asset_key.to_user_string()
-        for label, value in mat.metadata.items():
-            outcome.metadata[f"{name}.{label}"] = _metadata_value(value)
-    for evaluation in result.get_asset_check_evaluations():
-        name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-        if not evaluation.passed:
-            warn = evaluation.severity == dg.AssetCheckSeverity.WARN
-            (outcome.warned_checks if warn else outcome.failed_checks).append(name)
-            if evaluation.description and not warn:
-                outcome.error = evaluation.description
-    if not result.success and not outcome.error:
-        outcome.error = "; ".join(
-            _root_cause(e.step_failure_data.error) or e.message or ""
-            for e in result.all_events
-            if e.is_step_failure
-        )
-    return outcome
-
-
-def run_per_key(
-    job, instance, keys: Sequence[str], desc: str, run_config=None
-) -> list[ShardOutcome]:
-    """One in-process run of `job` per partition key, going on after a failure so that one bad
-    shard never stops the others."""
-    outcomes = []
-    for key in tqdm(keys, unit="run", desc=desc, disable=None):
-        result = job.execute_in_process(
-            partition_key=key,
-            instance=instance,
-            raise_on_error=False,
-            run_config={**QUIET, **(run_config or {})},
-            tags={"droughtwatch/trigger": "cli"},
-        )
-        outcomes.append(run_outcome(key, result))
-    return outcomes
-
-
-def materialize_shards(defs, instance, keys: Sequence[str]) -> list[ShardOutcome]:
-    """Run the ingest job for each shard in-process, one partition per run."""
-    return run_per_key(defs.resolve_job_def("ingest_job"), instance, keys, "ingest")
+def materialize_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOutcome]:
+    """Run ingest_job over the shards, many per run (DROUGHTWATCH_SHARDS_PER_RUN)."""
+    with _progress(len(keys), "ingest") as bar:
+        return runs.run_batches("ingest_job", keys, settings=settings, progress=bar)
 
 
 def discover_and_materialize(
     settings: Settings, *, materialize: bool
 ) -> tuple[list, list, list[ShardOutcome]]:
-    from droughtwatch_assets.definitions import build_definitions
     from droughtwatch_assets.defs.ingest.sensors import already_ingested_in
     from droughtwatch_assets.defs.partitions import shards
     from droughtwatch_assets.discovery import full_scan, unique_keys
@@ -218,15 +124,14 @@ def discover_and_materialize(
     data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     found, skipped = full_scan(data, already_ingested=already_ingested_in(lake))
-    instance = _instance()
+    instance = runs.instance()
+    runs.fail_orphaned_runs(instance)
     keys = unique_keys(found)
     existing = set(instance.get_dynamic_partitions(shards.name))
     new = [k for k in keys if k not in existing]
     if new:
         instance.add_dynamic_partitions(shards.name, new)
-    outcomes = (
-        materialize_shards(build_definitions(settings), instance, keys) if materialize else []
-    )
+    outcomes = materialize_shards(settings, keys) if materialize else []
     return found, skipped, outcomes
 
 
@@ -287,7 +192,7 @@ def cmd_mlflow_ui(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_home(args: argparse.Namespace, settings: Settings) -> int:
-    home = prepare_dagster_home()
+    home = runs.prepare_dagster_home()
     print(f"DROUGHTWATCH_HOME={settings.home}")
     print(f"DAGSTER_HOME={home}")
     print(f"data root: {settings.data_root}")
@@ -300,15 +205,11 @@ def cmd_home(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def train(settings: Settings, variant: str, *, epochs: int | None = None) -> ShardOutcome:
-    """Run training_job for one variant in-process: corpus, training, registry and gate."""
-    from droughtwatch_assets.definitions import build_definitions
-
-    job = build_definitions(settings).resolve_job_def("training_job")
+    """Run training_job for one variant: corpus, training, registry and gate."""
     config = (
         {"ops": {"trained_model": {"config": {"epochs": epochs}}}} if epochs is not None else None
     )
-    [outcome] = run_per_key(job, _instance(), [variant], "train", config)
-    return outcome
+    return runs.run_one("training_job", variant, run_config=config)
 
 
 def print_training(outcome: ShardOutcome) -> None:
@@ -379,11 +280,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def score_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOutcome]:
-    """Run rescore_job (batch_predictions + monitoring_metrics) in-process for each shard."""
-    from droughtwatch_assets.definitions import build_definitions
-
-    job = build_definitions(settings).resolve_job_def("rescore_job")
-    return run_per_key(job, _instance(), keys, "score")
+    """Run rescore_job (batch_predictions + monitoring_metrics) over the shards, many per run."""
+    with _progress(len(keys), "score") as bar:
+        return runs.run_batches("rescore_job", keys, settings=settings, progress=bar)
 
 
 def print_scores(outcomes: list[ShardOutcome]) -> None:
@@ -412,7 +311,7 @@ def scored_keys(settings: Settings, prefix: str, *, again: bool) -> list[str]:
 
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     keys = sorted(
-        k for k in _instance().get_dynamic_partitions(shards.name) if k.startswith(prefix)
+        k for k in runs.instance().get_dynamic_partitions(shards.name) if k.startswith(prefix)
     )
     ingested = [k for k in keys if lake.exists(f"spectral_indices/{k}.arrow")]
     if again:

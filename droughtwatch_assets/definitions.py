@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import dagster as dg
 
-from droughtwatch_assets.defs.inference.assets import batch_predictions
 from droughtwatch_assets.defs.inference.jobs import drop_job, rescore_job
-from droughtwatch_assets.defs.ingest.assets import ingest_assets, ingest_job
+from droughtwatch_assets.defs.ingest.jobs import ingest_job
 from droughtwatch_assets.defs.ingest.sensors import drop_sensor
-from droughtwatch_assets.defs.monitoring.assets import monitoring_metrics
 from droughtwatch_assets.defs.registry.assets import registered_model
 from droughtwatch_assets.defs.resources import build_resources
+from droughtwatch_assets.defs.shards import build_shard_assets
 from droughtwatch_assets.defs.training.assets import trained_model, training_corpus
 from droughtwatch_assets.defs.training.jobs import training_job
 from droughtwatch_assets.defs.training.schedules import baseline_daily, retrain_on_new_labels
@@ -18,20 +17,25 @@ from droughtwatch_assets.settings import Settings
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
+    settings = settings or Settings.from_env()
     return dg.Definitions(
         assets=[
-            *ingest_assets,
+            build_shard_assets(settings.shards_per_run),
             training_corpus,
             trained_model,
             registered_model,
-            batch_predictions,
-            monitoring_metrics,
         ],
         jobs=[ingest_job, training_job, drop_job, rescore_job],
         sensors=[drop_sensor, retrain_on_new_labels],
         schedules=[baseline_daily],
-        resources=build_resources(settings or Settings.from_env()),
+        resources=build_resources(settings),
+        # Every step of a run in the run's own process: a shard batch is one step, and a second
+        # process per step would import the code location again for nothing.
+        executor=dg.in_process_executor,
     )
 
 
-defs = build_definitions()
+# What the module-level code location was built with: the run engine (runs.py) rebuilds it when
+# a process's environment has moved on (tests and benchmarks switch homes in one process).
+SETTINGS = Settings.from_env()
+defs = build_definitions(SETTINGS)

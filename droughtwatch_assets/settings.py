@@ -23,6 +23,7 @@ class Settings:
     sqs_queue_url: str | None = None  # S3 event notifications: the sensor reads them, no listing
     training_gpus: int = 0  # GPUs each training run asks its run launcher for (ECS, Kubernetes)
     ecs_gpu_capacity_provider: str = "droughtwatch-gpu"  # where ECS places GPU training runs
+    shards_per_run: int = 100  # the most shards one ingest/drop/rescore run covers
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -38,9 +39,21 @@ class Settings:
             training_gpus=int(env.get("DROUGHTWATCH_TRAINING_GPUS") or 0),
             ecs_gpu_capacity_provider=env.get("DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER")
             or "droughtwatch-gpu",
+            shards_per_run=_positive(env, "DROUGHTWATCH_SHARDS_PER_RUN", 100),
         )
 
     @property
     def dagster_home(self) -> Path:
         """The embedded Dagster instance (SQLite) used when DAGSTER_HOME is not set."""
         return self.home / "dagster"
+
+
+def _positive(env, name: str, default: int) -> int:
+    text = env.get(name) or str(default)
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, not {text!r}")
+    return value

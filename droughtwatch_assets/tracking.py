@@ -23,14 +23,12 @@ import types
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import mlflow
 import numpy as np
-from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
-from mlflow.exceptions import MlflowException
-from mlflow.utils.time import get_current_time_millis
+
+if TYPE_CHECKING:
+    from mlflow.entities import Metric
 
 EXPERIMENT = "droughtwatch"
 MODEL_PREFIX = "droughtwatch-"
@@ -166,18 +164,26 @@ class ActiveRun:
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log parameters; nested mappings are flattened to dotted keys (``variant.bands``)."""
+        from mlflow.entities import Param
+
         entries = [Param(k, v) for k, v in _flatten(params).items()]
         for i in range(0, len(entries), _BATCH):
             self._client.log_batch(self.run_id, params=entries[i : i + _BATCH])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
         """Log metrics (at ``step`` when given, else step 0)."""
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+
         now = get_current_time_millis()
         entries = [Metric(k, _metric_value(k, v), now, step or 0) for k, v in metrics.items()]
         self._log_metric_entries(entries)
 
     def log_history(self, history: Mapping[str, Sequence[float]]) -> None:
         """Keras ``History.history``: each key as ``epoch_<key>``, one value per epoch (step)."""
+        from mlflow.entities import Metric
+        from mlflow.utils.time import get_current_time_millis
+
         now = get_current_time_millis()
         entries = [
             Metric(f"{HISTORY_PREFIX}{key}", _metric_value(key, value), now, epoch)
@@ -259,11 +265,15 @@ class Tracking:
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.experiment = experiment
+        from mlflow import MlflowClient  # here, not at import: ingest runs never load MLflow
+
         with _quiet():
             self.client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
             self.experiment_id = self._ensure_experiment()
 
     def _ensure_experiment(self) -> str:
+        from mlflow.exceptions import MlflowException
+
         found = self.client.get_experiment_by_name(self.experiment)
         if found is not None:
             if found.lifecycle_stage == "deleted":
@@ -285,6 +295,7 @@ class Tracking:
     @contextmanager
     def _global_uri(self) -> Iterator[None]:
         """Point MLflow's process-wide tracking and registry URI here for one call."""
+        import mlflow
         from mlflow.tracking._model_registry import utils as registry_utils
         from mlflow.tracking._tracking_service import utils as tracking_utils
 
@@ -325,6 +336,8 @@ class Tracking:
         self.client.set_terminated(active.run_id, "FINISHED")
 
     def run_url(self, run_id: str) -> str:
+        from mlflow.exceptions import MlflowException
+
         if self.tracking_uri.startswith(("http://", "https://")):
             base = self.tracking_uri.rstrip("/")
             return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
@@ -368,6 +381,8 @@ class Tracking:
         self, model_uri: str, variant: str, *, run_id: str, tags: Mapping[str, str] | None = None
     ) -> str:
         """Register ``model_uri`` as a new version of ``droughtwatch-<variant>``; its version."""
+        from mlflow.exceptions import MlflowException
+
         name = model_name(variant)
         with self._global_uri():
             try:
@@ -388,6 +403,8 @@ class Tracking:
 
     def alias_version(self, variant: str, alias: str) -> str | None:
         """The version the alias points at; None when the alias (or the model) does not exist."""
+        from mlflow.exceptions import MlflowException
+
         try:
             registered = self.client.get_registered_model(model_name(variant))
         except MlflowException as e:
@@ -466,6 +483,8 @@ class Tracking:
         return models
 
     def _run_metrics(self, run_id: str | None) -> dict[str, float]:
+        from mlflow.exceptions import MlflowException
+
         if not run_id:
             return {}
         try:

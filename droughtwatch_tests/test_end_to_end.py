@@ -242,3 +242,48 @@ def test_demo_ingests_trains_promotes_and_scores_the_drops(env):
         shards = conn.execute(sa.text("select shard_key from monitoring_metrics")).scalars().all()
     engine.dispose()
     assert sorted(shards) == ["drops/2024-08-01/part-r-00000", "drops/2024-08-02/part-r-00000"]
+
+
+def test_a_killed_discover_leaves_no_run_started_and_a_rerun_does_the_rest(env):
+    """`kill -9` of `droughtwatch discover --materialize` mid-run: the next command marks the
+    orphaned run failed, ingests only the shards still missing, and every shard ends in the lake
+    once."""
+    run(
+        [str(BIN / "droughtwatch"), "sample-data", "--train", "8000", "--val", "0",
+         "--records-per-shard", "40"],
+        env,
+    )  # fmt: skip
+    keys = [f"train/part-r-{i:05d}" for i in range(200)]
+    proc = subprocess.Popen(
+        [str(BIN / "droughtwatch"), "discover", "--materialize"],
+        env={**env, "DROUGHTWATCH_SHARDS_PER_RUN": "200"},
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    lake = Path(env["DROUGHTWATCH_HOME"]) / "lake" / "raw_tfrecords" / "train"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(lake.glob("*.json"))) < 20:
+        assert proc.poll() is None, "discover finished before it could be killed"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait(timeout=30)
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        [killed] = instance.get_runs()
+        assert killed.status == dg.DagsterRunStatus.STARTED  # nobody could say otherwise yet
+    landed_before = len(list(lake.glob("*.json")))
+    assert 20 <= landed_before < len(keys)
+
+    proc = run([str(BIN / "droughtwatch"), "discover", "--materialize"], env)
+    assert f"{len(keys) - landed_before} shards ingested, 0 failed" in proc.stdout
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        killed = instance.get_run_by_id(killed.run_id)
+        assert killed.status == dg.DagsterRunStatus.FAILURE
+        failure = [
+            e
+            for e in instance.all_logs(killed.run_id)
+            if e.dagster_event and e.dagster_event.is_run_failure
+        ]
+        assert "killed or crashed mid-run" in failure[0].message
+        assert instance.get_materialized_partitions(dg.AssetKey("spectral_indices")) == set(keys)
+    assert len(list(lake.glob("*.json"))) == len(keys)

@@ -545,13 +545,37 @@ def predict_shard(
     """Class probabilities (n, 4) float32 for every image of one shard, labelled or not, in the
     filtered images' order, and their labels (-1 where unlabelled)."""
     x, labels = shard_features(filtered, indices, variant.features, keep_unlabelled=True)
+    return _predict(model, x, batch_size), labels
+
+
+def predict_shards(
+    model: Any,
+    shards: Sequence[tuple[xr.Dataset, xr.Dataset]],
+    variant: Variant,
+    *,
+    batch_size: int = 256,
+) -> list[np.ndarray]:
+    """`predict_shard`'s probabilities for several shards at once: their images are scored in
+    shared batches (a real shard of 81 images alone would leave most of a batch empty), then
+    split back, one array per shard in the given order."""
+    features = [
+        shard_features(filtered, indices, variant.features, keep_unlabelled=True)[0]
+        for filtered, indices in shards
+    ]
+    if not features:
+        return []
+    probabilities = _predict(model, np.concatenate(features), batch_size)
+    return np.split(probabilities, np.cumsum([len(x) for x in features])[:-1])
+
+
+def _predict(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
     if len(x) == 0:
-        return np.empty((0, NUM_CLASSES), np.float32), labels
+        return np.empty((0, NUM_CLASSES), np.float32)
     probabilities = [
         np.asarray(model(x[start : start + batch_size].astype(np.float32), training=False))
         for start in range(0, len(x), batch_size)
     ]
-    return np.concatenate(probabilities).astype(np.float32, copy=False), labels
+    return np.concatenate(probabilities).astype(np.float32, copy=False)
 
 
 def evaluate(

@@ -1,19 +1,13 @@
 """Resources shared by every domain: the data root and lake stores, and the lake IO manager."""
 
 import functools
-import json
 import os
 from typing import Any
 
 import dagster as dg
-import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 import sqlalchemy as sa
-import xarray as xr
 
-from droughtwatch_assets import metricsdb
-from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
+from droughtwatch_assets import lake, metricsdb
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import Store, open_store
 from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
@@ -39,19 +33,10 @@ class StorageResource(dg.ConfigurableResource):
         return open_store(self.lake, endpoint_url=self.s3_endpoint_url)
 
 
-def lake_key(asset: dg.AssetKey, partition: str | None, suffix: str) -> str:
-    """Where an asset's partition lives in the lake: ``<asset path>/<partition key><suffix>``."""
-    base = "/".join(asset.path)
-    return f"{base}/{partition}{suffix}" if partition is not None else f"{base}{suffix}"
-
-
 class LakeIOManager(dg.ConfigurableIOManager):
-    """Stores asset outputs in the lake: xarray Datasets as Arrow IPC files, pandas DataFrames
-    as Parquet, dicts as JSON.
-
-    One object per asset and partition (``<asset>/<partition key>.arrow``), written atomically,
-    so re-materializing a partition replaces exactly its own object and nothing else.
-    """
+    """Stores asset outputs in the lake (the layout and encodings of ``droughtwatch_assets.lake``:
+    Datasets as Arrow IPC, DataFrames as Parquet, dicts as JSON), one object per asset and
+    partition, written atomically."""
 
     lake: str
     s3_endpoint_url: str | None = None
@@ -60,7 +45,7 @@ class LakeIOManager(dg.ConfigurableIOManager):
         return open_store(self.lake, endpoint_url=self.s3_endpoint_url)
 
     @staticmethod
-    def _key(context: dg.OutputContext | dg.InputContext, suffix: str) -> str:
+    def _where(context: dg.OutputContext | dg.InputContext) -> tuple[str, str | None]:
         partition = None
         if context.has_asset_partitions:
             partition_keys = list(context.asset_partition_keys)
@@ -70,40 +55,18 @@ class LakeIOManager(dg.ConfigurableIOManager):
                     f"object; got {len(partition_keys)} partitions in one step"
                 )
             partition = partition_keys[0]
-        return lake_key(context.asset_key, partition, suffix)
+        return "/".join(context.asset_key.path), partition
 
     def handle_output(self, context: dg.OutputContext, obj: Any) -> None:
         if obj is None:
             return
-        if isinstance(obj, xr.Dataset):
-            key, data = self._key(context, ".arrow"), dataset_to_arrow(obj)
-        elif isinstance(obj, pd.DataFrame):
-            key = self._key(context, ".parquet")
-            sink = pa.BufferOutputStream()
-            pq.write_table(pa.Table.from_pandas(obj, preserve_index=False), sink)
-            data = memoryview(sink.getvalue())
-        elif isinstance(obj, dict):
-            key = self._key(context, ".json")
-            data = json.dumps(obj, indent=1, sort_keys=True).encode()
-        else:
-            raise TypeError(
-                f"{context.asset_key.to_user_string()}: the lake stores xarray Datasets and "
-                f"dicts, not {type(obj).__name__}"
-            )
-        store = self._store()
-        store.write_bytes(key, data)
-        context.add_output_metadata(
-            {"path": dg.MetadataValue.path(store.url(key)), "stored_bytes": len(data)}
-        )
+        url, size = lake.write(self._store(), *self._where(context), obj)
+        context.add_output_metadata({"path": dg.MetadataValue.path(url), "stored_bytes": size})
 
     def load_input(self, context: dg.InputContext) -> Any:
         wanted = context.dagster_type.typing_type
-        if wanted is xr.Dataset:
-            return dataset_from_arrow(self._store().read_bytes(self._key(context, ".arrow")))
-        if wanted is pd.DataFrame:
-            data = self._store().read_bytes(self._key(context, ".parquet"))
-            return pq.read_table(pa.BufferReader(data)).to_pandas()
-        return json.loads(self._store().read_bytes(self._key(context, ".json")))
+        kind = wanted if wanted in lake.SUFFIXES else dict
+        return lake.read(self._store(), *self._where(context), kind)
 
 
 class MlflowResource(dg.ConfigurableResource):

@@ -47,3 +47,26 @@ def tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None = 
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result
+
+
+def requested_keys(instance: dg.DagsterInstance, request: dg.RunRequest) -> list[str]:
+    """The shard partitions a run request covers: its partition key, or its partition range in
+    the order the partitions were added."""
+    if request.partition_key is not None:
+        return [request.partition_key]
+    start = request.tags["dagster/asset_partition_range_start"]
+    end = request.tags["dagster/asset_partition_range_end"]
+    order = instance.get_dynamic_partitions("shards")
+    return order[order.index(start) : order.index(end) + 1]
+
+
+def execute_request(settings: Settings, instance: dg.DagsterInstance, request: dg.RunRequest, **kw):
+    """Run what a sensor's run request asks for, in-process, as the daemon would launch it."""
+    job = build_definitions(settings).resolve_job_def(request.job_name)
+    return job.execute_in_process(
+        instance=instance,
+        partition_key=request.partition_key,
+        tags={k: v for k, v in request.tags.items() if k != "dagster/partition"},
+        raise_on_error=False,
+        **kw,
+    )

@@ -137,7 +137,7 @@ def test_no_champion_is_a_clear_failure(loop):
         partition_key=DROP,
         instance=instance,
         raise_on_error=False,
-        run_config={"ops": {"batch_predictions": {"config": {"variant": "ndvi"}}}},
+        run_config={"ops": {"process_shards": {"config": {"variant": "ndvi"}}}},
     )
     assert not result.success
     messages = " ".join(
@@ -230,6 +230,6 @@ def test_database_away_for_a_moment_is_retried(loop, postgres, monkeypatch):
             timer.join()
     assert result.success
     retried = [e for e in result.all_events if e.event_type_value == "STEP_UP_FOR_RETRY"]
-    assert [e.step_key for e in retried][:1] == ["monitoring_metrics"]
+    assert [e.step_key for e in retried][:1] == ["process_shards"]
     [row] = metrics_rows(settings, DROP)
     assert row["dagster_run_id"] == result.run_id

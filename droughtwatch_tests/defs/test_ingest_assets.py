@@ -85,7 +85,7 @@ def test_materializing_twice_gives_the_same_outputs(local_settings, instance, sa
 
 def test_remove_policy_drops_cloudy_images(local_settings, instance, sample_shard_path):
     copy_sample(Path(local_settings.data_root), KEY, sample_shard_path)
-    config = {"ops": {"ingest_shard": {"config": {"cloud_policy": "remove"}}}}
+    config = {"ops": {"process_shards": {"config": {"cloud_policy": "remove"}}}}
     result = ingest(local_settings, instance, KEY, run_config=config)
     assert result.success
     filtered = metadata(result, "filtered_images")
@@ -141,6 +141,8 @@ def failure_messages(result: dg.ExecuteInProcessResult) -> str:
     messages = []
     for event in result.all_events:
         if event.is_step_failure:
+            if event.step_failure_data.user_failure_data:
+                messages.append(event.step_failure_data.user_failure_data.description or "")
             error = event.step_failure_data.error
             while error is not None:
                 messages.append(error.message)
@@ -218,7 +220,12 @@ def test_shard_failing_a_blocking_filter_check_writes_nothing(local_settings, in
     assert not checks["filtered_images:kept_fraction"].passed
     assert not checks["filtered_images:blank_fraction"].passed  # the warning fires too
     assert "spectral_indices:finite_values" not in checks  # downstream never ran
-    assert metadata(result, "filtered_images")["stored"] is False
+    assert checks["filtered_images:kept_fraction"].metadata["records_kept"].value == 2
+    materialized = {
+        e.step_materialization_data.materialization.asset_key.to_user_string()
+        for e in result.get_asset_materialization_events()
+    }
+    assert materialized == {"raw_tfrecords"}  # nothing of it is in the lake, nor claimed to be
     lake = open_store(local_settings.lake)
     assert not lake.exists(f"filtered_images/{key}.arrow")
     assert lake.exists(f"raw_tfrecords/{key}.json")  # the validation report is kept

@@ -1,27 +1,81 @@
 """batch_predictions: the champion of a variant scores every kept image of a shard."""
 
+from __future__ import annotations
+
+from collections.abc import Sequence
+
 import dagster as dg
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from droughtwatch_assets.core.training import predict_shard
-from droughtwatch_assets.core.variants import get_variant
+from droughtwatch_assets import lake
+from droughtwatch_assets.core.training import predict_shards
+from droughtwatch_assets.core.variants import Variant
+from droughtwatch_assets.defs import checks as shard_checks
+from droughtwatch_assets.defs.ingest.assets import FILTERED, INDICES
 from droughtwatch_assets.defs.partitions import shards
-from droughtwatch_assets.defs.resources import MlflowResource
-from droughtwatch_assets.tracking import model_name
+from droughtwatch_assets.storage import Store
+from droughtwatch_assets.tracking import Tracking, model_name
 
 GROUP = "inference"
 CHAMPION = "champion"
+PREDICTIONS = dg.AssetKey(lake.BATCH_PREDICTIONS)
 PROBABILITY_TOLERANCE = 1e-3
-# Transient faults (S3 or the tracking store away for a moment) are retried; outputs are
-# written atomically and only at the end, so a run that still fails leaves nothing behind.
-TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL)
+
+SPEC = dg.AssetSpec(
+    PREDICTIONS,
+    deps=[FILTERED, INDICES],
+    description="Predictions for every kept image of the shard by the champion of a variant "
+    "(run config `variant`), resolved when the run starts: ID, P_0..P_3, label (argmax), "
+    "P_label, model_name, model_version, one Parquet file per shard. On a labelled shard this is "
+    "an evaluation too (monitoring_metrics computes accuracy). A champion promoted later does "
+    "not rewrite these: re-scoring is an explicit backfill (`droughtwatch score --again`, or "
+    "rescore_job over a partition selection).",
+    group_name=GROUP,
+    kinds={"keras", "parquet"},
+    partitions_def=shards,
+    skippable=True,
+)
+CHECKS = {
+    "probabilities_sum_to_one": f"Every row's P_0..P_3 sum to 1 within {PROBABILITY_TOLERANCE}.",
+    "one_row_per_kept_image": "As many predictions as the shard has kept (filtered) images.",
+}
+CHECK_SPECS = shard_checks.specs(lake.BATCH_PREDICTIONS, CHECKS, set(CHECKS))
 
 
-class InferenceConfig(dg.Config):
-    variant: str = "baseline"
-    """Whose champion scores the shard."""
+class NoChampion(RuntimeError):
+    """The variant has no champion: nothing to predict with (not transient)."""
+
+
+class Champion:
+    """The champion of a variant, resolved once per run and loaded on first use."""
+
+    def __init__(self, tracking: Tracking, variant: Variant):
+        self.variant = variant
+        self.name = model_name(variant.name)
+        self.version = tracking.alias_version(variant.name, CHAMPION)
+        self._tracking = tracking
+        self._model = None
+
+    def check(self) -> None:
+        if self.version is None:
+            raise NoChampion(
+                f"{self.name} has no champion yet, so there is nothing to predict with. Train and "
+                f"promote one first: `droughtwatch train {self.variant.name}` (or materialize "
+                f"trained_model and registered_model for partition {self.variant.name!r})."
+            )
+
+    @property
+    def model(self):
+        if self._model is None:
+            self.check()
+            self._model = self._tracking.load_model(self.variant.name, version=self.version)
+        return self._model
+
+    def predict(self, shards_: Sequence[tuple[xr.Dataset, xr.Dataset]]) -> list[np.ndarray]:
+        """Class probabilities for each (filtered images, indices) pair, scored together."""
+        return predict_shards(self.model, shards_, self.variant)
 
 
 def predictions_frame(
@@ -39,76 +93,53 @@ def predictions_frame(
     return frame
 
 
-@dg.asset(
-    group_name=GROUP,
-    partitions_def=shards,
-    retry_policy=TRANSIENT_RETRIES,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "probabilities_sum_to_one",
-            asset="batch_predictions",
-            blocking=True,
-            description=f"Every row's P_0..P_3 sum to 1 within {PROBABILITY_TOLERANCE}.",
-        ),
-        dg.AssetCheckSpec(
-            "one_row_per_kept_image",
-            asset="batch_predictions",
-            blocking=True,
-            description="As many predictions as the shard has kept (filtered) images.",
-        ),
-    ],
-    kinds={"keras", "parquet"},
-)
-def batch_predictions(
-    context: dg.AssetExecutionContext,
-    config: InferenceConfig,
-    mlflow: MlflowResource,
-    filtered_images: xr.Dataset,
-    spectral_indices: xr.Dataset,
-):
-    """Predictions for every kept image of the shard by the champion of a variant, resolved when
-    the run starts: ID, P_0..P_3, label (argmax), P_label, model_name, model_version, one
-    Parquet file per shard. On a labelled shard this is an evaluation too (monitoring_metrics
-    computes accuracy). A champion promoted later does not rewrite these: re-scoring is an
-    explicit backfill (``droughtwatch rescore``)."""
-    variant = get_variant(config.variant)
-    name = model_name(variant.name)
-    tracking = mlflow.tracking()
-    version = tracking.alias_version(variant.name, CHAMPION)
-    if version is None:
-        raise dg.Failure(
-            f"{name} has no champion yet, so there is nothing to predict with. Train and promote "
-            f"one first: `droughtwatch train {variant.name}` (or materialize trained_model and "
-            f"registered_model for partition {variant.name!r}).",
-            allow_retries=False,  # not transient: retrying cannot help
-        )
-    model = tracking.load_model(variant.name, version=version)
-    probabilities, _ = predict_shard(model, filtered_images, spectral_indices, variant)
-    frame = predictions_frame(filtered_images["id"].values, probabilities, name, version)
-
+def store_predictions(
+    key: str,
+    filtered: xr.Dataset,
+    probabilities: np.ndarray,
+    champion: Champion,
+    lake_store: Store,
+) -> tuple[pd.DataFrame | None, list]:
+    """Check one shard's predictions and, when both blocking checks pass, write its Parquet file;
+    the frame (None when it was not written) and the shard's events."""
+    assert champion.version is not None
+    frame = predictions_frame(filtered["id"].values, probabilities, champion.name, champion.version)
     sums = probabilities.sum(axis=1) if len(probabilities) else np.empty(0)
     bad_sums = int(np.count_nonzero(~(np.abs(sums - 1.0) <= PROBABILITY_TOLERANCE)))
-    kept = int(filtered_images.sizes["image"])
-    passed = bad_sums == 0 and len(frame) == kept
-    yield dg.Output(
-        frame if passed else None,  # failing its checks, nothing is written
+    kept = int(filtered.sizes["image"])
+    results = [
+        shard_checks.evaluation(
+            lake.BATCH_PREDICTIONS,
+            "probabilities_sum_to_one",
+            key,
+            passed=bad_sums == 0,
+            blocking=True,
+            metadata={"rows_off": bad_sums, "tolerance": PROBABILITY_TOLERANCE},
+        ),
+        shard_checks.evaluation(
+            lake.BATCH_PREDICTIONS,
+            "one_row_per_kept_image",
+            key,
+            passed=len(frame) == kept,
+            blocking=True,
+            metadata={"predictions": len(frame), "kept_images": kept},
+        ),
+    ]
+    if not shard_checks.blocking_passed(results):
+        return None, results  # failing its checks, nothing is written
+    url, size = lake.write(lake_store, lake.BATCH_PREDICTIONS, key, frame)
+    materialization = dg.AssetMaterialization(
+        asset_key=PREDICTIONS,
+        partition=key,
         metadata={
-            "stored": passed,
-            "model_name": name,
-            "model_version": version,
+            "model_name": champion.name,
+            "model_version": champion.version,
             "predictions": len(frame),
             "predicted_label_counts": {
                 str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()
             },
+            "path": dg.MetadataValue.path(url),
+            "stored_bytes": size,
         },
     )
-    yield dg.AssetCheckResult(
-        check_name="probabilities_sum_to_one",
-        passed=bad_sums == 0,
-        metadata={"rows_off": bad_sums, "tolerance": PROBABILITY_TOLERANCE},
-    )
-    yield dg.AssetCheckResult(
-        check_name="one_row_per_kept_image",
-        passed=len(frame) == kept,
-        metadata={"predictions": len(frame), "kept_images": kept},
-    )
+    return frame, [materialization, *results]

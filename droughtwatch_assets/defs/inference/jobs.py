@@ -1,4 +1,4 @@
-"""The drop job: a new drop from raw shard to monitoring row, in one run."""
+"""The drop and rescore jobs: shards to predictions and monitoring rows, many per run."""
 
 import dagster as dg
 
@@ -15,7 +15,7 @@ drop_job = dg.define_asset_job(
         "batch_predictions",
         "monitoring_metrics",
     ),
-    description="A dropped shard end to end: ingest, the champion's predictions, monitoring.",
+    description="Dropped shards end to end: ingest, the champion's predictions, monitoring.",
     tags=run_tags("inference"),
 )
 rescore_job = dg.define_asset_job(

@@ -1,8 +1,9 @@
 """Data-quality checks of the ingest assets, as plain functions over one partition's values.
 
-The assets declare them with ``check_specs`` and yield their results from their own body, so
-each check looks at its own partition only (an ``@asset_check`` on a partitioned asset would
-load every partition).
+The shard assets declare them with ``check_specs`` (partitioned like the shards) and yield one
+evaluation per check and shard, recorded against that shard's partition: a run over many shards
+records each shard's results on its own partition (an ``@asset_check`` on a partitioned asset
+would load every partition).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import numpy as np
 import xarray as xr
 
 from droughtwatch_assets.core.images import FilterStats
+from droughtwatch_assets.defs.checks import evaluation
 from droughtwatch_assets.ingest import RawShardReport
 
 BLANK_WARN_FRACTION = 0.10  # the benchmark has about 2 % blank images; 10 % means a bad scene
@@ -38,37 +40,33 @@ FILTERED_BLOCKING = {"kept_fraction", "pixels_schema"}
 INDICES_BLOCKING = {"finite_values", "index_ranges"}
 
 
-def specs(asset: str, checks: dict[str, str], blocking: set[str]) -> list[dg.AssetCheckSpec]:
+def raw_checks(report: RawShardReport) -> list[dg.AssetCheckEvaluation]:
+    key = report.key
+    error_metadata: dict = {"error": report.error or ""}
+    if report.error_record is not None:
+        error_metadata["error_record"] = report.error_record
     return [
-        dg.AssetCheckSpec(name, asset=asset, description=text, blocking=name in blocking)
-        for name, text in checks.items()
-    ]
-
-
-def blocking_passed(results: list[dg.AssetCheckResult], blocking: set[str]) -> bool:
-    """Whether every blocking check passed: only then does the asset write to the lake."""
-    return all(r.passed for r in results if r.check_name in blocking)
-
-
-def raw_checks(report: RawShardReport) -> list[dg.AssetCheckResult]:
-    return [
-        dg.AssetCheckResult(
-            asset_key="raw_tfrecords",
-            check_name="schema_and_labels",
+        evaluation(
+            "raw_tfrecords",
+            "schema_and_labels",
+            key,
             passed=report.valid,
-            metadata={"error": report.error or "", "error_record": report.error_record or -1},
+            blocking="schema_and_labels" in RAW_BLOCKING,
+            metadata=error_metadata,
             description=report.error,
         ),
-        dg.AssetCheckResult(
-            asset_key="raw_tfrecords",
-            check_name="has_records",
+        evaluation(
+            "raw_tfrecords",
+            "has_records",
+            key,
             passed=report.records > 0,
+            blocking="has_records" in RAW_BLOCKING,
             metadata={"records": report.records},
         ),
     ]
 
 
-def filtered_checks(ds: xr.Dataset, stats: FilterStats) -> list[dg.AssetCheckResult]:
+def filtered_checks(key: str, ds: xr.Dataset, stats: FilterStats) -> list[dg.AssetCheckEvaluation]:
     records_in = max(stats.records_in, 1)
     kept = stats.records_kept / records_in
     blank = stats.removed_blank / records_in
@@ -80,23 +78,33 @@ def filtered_checks(ds: xr.Dataset, stats: FilterStats) -> list[dg.AssetCheckRes
         and [str(b) for b in ds["band"].values] == [f"B{i}" for i in range(1, 12)]
     )
     return [
-        dg.AssetCheckResult(
-            asset_key="filtered_images",
-            check_name="kept_fraction",
+        evaluation(
+            "filtered_images",
+            "kept_fraction",
+            key,
             passed=kept >= MIN_KEPT_FRACTION,
-            metadata={"kept_fraction": kept, "threshold": MIN_KEPT_FRACTION},
+            blocking="kept_fraction" in FILTERED_BLOCKING,
+            metadata={
+                "kept_fraction": kept,
+                "threshold": MIN_KEPT_FRACTION,
+                "records_in": stats.records_in,
+                "records_kept": stats.records_kept,
+            },
         ),
-        dg.AssetCheckResult(
-            asset_key="filtered_images",
-            check_name="blank_fraction",
+        evaluation(
+            "filtered_images",
+            "blank_fraction",
+            key,
             passed=blank <= BLANK_WARN_FRACTION,
-            severity=dg.AssetCheckSeverity.WARN,
+            blocking="blank_fraction" in FILTERED_BLOCKING,
             metadata={"blank_fraction": blank, "threshold": BLANK_WARN_FRACTION},
         ),
-        dg.AssetCheckResult(
-            asset_key="filtered_images",
-            check_name="pixels_schema",
+        evaluation(
+            "filtered_images",
+            "pixels_schema",
+            key,
             passed=bool(schema_ok),
+            blocking="pixels_schema" in FILTERED_BLOCKING,
             metadata={
                 "dtype": str(pixels.dtype),
                 "dims": str(pixels.dims),
@@ -106,7 +114,7 @@ def filtered_checks(ds: xr.Dataset, stats: FilterStats) -> list[dg.AssetCheckRes
     ]
 
 
-def indices_checks(ds: xr.Dataset) -> list[dg.AssetCheckResult]:
+def indices_checks(key: str, ds: xr.Dataset) -> list[dg.AssetCheckEvaluation]:
     stats = [name for name in ds.data_vars if ds[name].dims == ("image",)]
     non_finite = {name: int((~np.isfinite(ds[name].values)).sum()) for name in stats}
     out_of_range = {
@@ -116,16 +124,20 @@ def indices_checks(ds: xr.Dataset) -> list[dg.AssetCheckResult]:
     }
     quantised_bad = {name: int((ds[name].values < -127).sum()) for name in ("ndvi", "ndmi", "evi")}
     return [
-        dg.AssetCheckResult(
-            asset_key="spectral_indices",
-            check_name="finite_values",
+        evaluation(
+            "spectral_indices",
+            "finite_values",
+            key,
             passed=sum(non_finite.values()) == 0,
+            blocking="finite_values" in INDICES_BLOCKING,
             metadata={f"non_finite_{k}": v for k, v in non_finite.items()},
         ),
-        dg.AssetCheckResult(
-            asset_key="spectral_indices",
-            check_name="index_ranges",
+        evaluation(
+            "spectral_indices",
+            "index_ranges",
+            key,
             passed=sum(out_of_range.values()) + sum(quantised_bad.values()) == 0,
+            blocking="index_ranges" in INDICES_BLOCKING,
             metadata={
                 **{f"out_of_range_{k}": v for k, v in out_of_range.items()},
                 **{f"below_min_{k}": v for k, v in quantised_bad.items()},

@@ -1,24 +1,30 @@
-"""The drop sensor: new shards in the data root become partitions and ingest runs."""
+"""The drop sensor: new shards in the data root become partitions and batched runs."""
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import dagster as dg
 
+from droughtwatch_assets import batching
 from droughtwatch_assets.defs.inference.jobs import DROPS_PREFIX, drop_job
-from droughtwatch_assets.defs.ingest.assets import RAW, ingest_job
+from droughtwatch_assets.defs.ingest.jobs import ingest_job
 from droughtwatch_assets.defs.partitions import shards
-from droughtwatch_assets.defs.resources import StorageResource, lake_key
+from droughtwatch_assets.defs.resources import StorageResource
 from droughtwatch_assets.discovery import DiscoveryCursor, Found, discover
+from droughtwatch_assets.lake import RAW_TFRECORDS, lake_key
 from droughtwatch_assets.notifications import QueueCursor, acknowledge, poll, sqs_client
+from droughtwatch_assets.runs import fail_orphaned_runs
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import ObjectInfo, S3Store, Store
+
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
 
 
 def ingested_version(lake: Store, key: str) -> str | None:
     """The source version that raw_tfrecords last validated for this shard, if any."""
     try:
-        data = lake.read_bytes(lake_key(RAW, key, ".json"))
+        data = lake.read_bytes(lake_key(RAW_TFRECORDS, key, ".json"))
     except KeyError:
         return None
     return json.loads(data).get("source_version")
@@ -33,8 +39,58 @@ def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
     return check
 
 
+_SETTINGS = Settings.from_env()
 # Seconds between ticks (DROUGHTWATCH_SENSOR_INTERVAL): a drop waits half of it on average.
-SENSOR_INTERVAL_S = Settings.from_env().sensor_interval_s
+SENSOR_INTERVAL_S = _SETTINGS.sensor_interval_s
+
+
+def partition_tags(batch: Sequence[str]) -> dict[str, str]:
+    """The run tags that name a batch's partitions: one key, or a range first...last."""
+    if len(batch) == 1:
+        return {"dagster/partition": batch[0]}
+    return {RANGE_START: batch[0], RANGE_END: batch[-1]}
+
+
+def batch_requests(
+    found: Sequence[Found],
+    order: Sequence[str],
+    *,
+    max_per_run: int,
+    parallel: int,
+) -> list[dg.RunRequest]:
+    """Run requests for the found shards: drops go to drop_job (ingest, predictions,
+    monitoring), other shards to ingest_job; each job's shards in batches of partitions that are
+    adjacent in `order` (see droughtwatch_assets.batching). A lone new shard is a run of its own,
+    requested at once: nothing waits for a batch to fill.
+
+    Run keys name the batch's shards and versions, so a replayed tick asks for the same runs."""
+    by_key = {f.key: f for f in found}
+    requests = []
+    for job in (drop_job, ingest_job):
+        keys = [k for k in by_key if k.startswith(DROPS_PREFIX) == (job is drop_job)]
+        for batch in batching.contiguous_batches(
+            keys, order, max_per_run=max_per_run, parallel=parallel
+        ):
+            shards_ = [by_key[k] for k in batch]
+            tags = {"droughtwatch/shards": str(len(batch))}
+            if len(batch) == 1:
+                tags["droughtwatch/source_version"] = shards_[0].info.version
+            if any(s.previous_version is not None for s in shards_):
+                tags["droughtwatch/reupload"] = "true"
+            run_key = (
+                shards_[0].run_key
+                if len(batch) == 1
+                else batching.batch_id(job.name, [s.run_key for s in shards_])
+            )
+            requests.append(
+                dg.RunRequest(
+                    run_key=run_key,
+                    partition_key=batch[0] if len(batch) == 1 else None,
+                    tags=tags if len(batch) == 1 else {**tags, **partition_tags(batch)},
+                    job_name=job.name,
+                )
+            )
+    return requests
 
 
 @dg.sensor(
@@ -43,10 +99,13 @@ SENSOR_INTERVAL_S = Settings.from_env().sensor_interval_s
     default_status=dg.DefaultSensorStatus.RUNNING,
     description="Finds new or rewritten shards in the data root, by listing it incrementally "
     "(droughtwatch_assets.discovery) or, with DROUGHTWATCH_SQS_QUEUE_URL, from its S3 event "
-    "notifications (droughtwatch_assets.notifications), and requests one run per shard: "
-    "drop_job (ingest, predictions, monitoring) for shards under drops/, ingest_job for others.",
+    "notifications (droughtwatch_assets.notifications), and requests runs of up to "
+    "DROUGHTWATCH_SHARDS_PER_RUN shards each: drop_job (ingest, predictions, monitoring) for "
+    "shards under drops/, ingest_job for others.",
 )
 def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
+    for run_id in fail_orphaned_runs(context.instance):
+        context.log.warning(f"run {run_id} lost the process executing it: marked failed")
     data_store = storage.data_store()
     already = already_ingested_in(storage.lake_store())
     if storage.sqs_queue_url:
@@ -60,29 +119,24 @@ def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -
         what = f"listed {result.listed} objects"
     for where, reason in skipped:
         context.log.info(f"skipping {where}: {reason}")
-    run_requests = []
     for shard in found:
-        tags = {"droughtwatch/source_version": shard.info.version}
         if shard.previous_version is not None:
-            tags["droughtwatch/reupload"] = "true"
             context.log.info(
                 f"{shard.key} was uploaded again with new content "
                 f"({shard.previous_version} -> {shard.info.version}): processing it again"
             )
-        job = drop_job if shard.key.startswith(DROPS_PREFIX) else ingest_job
-        run_requests.append(
-            dg.RunRequest(
-                run_key=shard.run_key, partition_key=shard.key, tags=tags, job_name=job.name
-            )
-        )
-    new_keys = list(
-        dict.fromkeys(
-            f.key for f in found if not context.instance.has_dynamic_partition(shards.name, f.key)
-        )
+    existing = context.instance.get_dynamic_partitions(shards.name)
+    known = set(existing)
+    new_keys = sorted({f.key for f in found if f.key not in known})
+    run_requests = batch_requests(
+        found,
+        [*existing, *new_keys],
+        max_per_run=_SETTINGS.shards_per_run,
+        parallel=batching.default_parallelism(),
     )
     context.log.info(
-        f"{what}: {len(found)} shards to ingest "
-        f"({len(new_keys)} new partitions), {len(skipped)} skipped"
+        f"{what}: {len(found)} shards to ingest ({len(new_keys)} new partitions), "
+        f"{len(skipped)} skipped, {len(run_requests)} runs requested"
     )
     return dg.SensorResult(
         run_requests=run_requests,

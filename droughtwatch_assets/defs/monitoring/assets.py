@@ -1,84 +1,95 @@
 """monitoring_metrics: prediction and feature drift of one shard, in the metrics database."""
 
+from __future__ import annotations
+
 import datetime as dt
+import functools
 
 import dagster as dg
 import pandas as pd
+import sqlalchemy as sa
 import xarray as xr
 
 from droughtwatch_assets import metricsdb
 from droughtwatch_assets.core.drift import monitoring_row
-from droughtwatch_assets.defs.inference.assets import TRANSIENT_RETRIES
+from droughtwatch_assets.defs import checks as shard_checks
+from droughtwatch_assets.defs.inference.assets import PREDICTIONS
+from droughtwatch_assets.defs.ingest.assets import INDICES
 from droughtwatch_assets.defs.partitions import shards
-from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource
 from droughtwatch_assets.monitoring import REFERENCE_ARTIFACT, profiles
+from droughtwatch_assets.tracking import Tracking
 
 GROUP = "monitoring"
+MONITORING = dg.AssetKey("monitoring_metrics")
 DRIFT_THRESHOLD = 0.25  # the earlier project's dashboard alerted above 0.25
 
-
-class MonitoringConfig(dg.Config):
-    drift_threshold: float = DRIFT_THRESHOLD
-    """Prediction drift (Jensen-Shannon distance) above which the drift check warns."""
-
-
-@dg.asset(
+SPEC = dg.AssetSpec(
+    MONITORING,
+    deps=[PREDICTIONS, INDICES],
+    description="One row per shard and model version in the `monitoring_metrics` table "
+    "(replaced, never duplicated, when the shard is scored again): predicted class fractions, "
+    "most common class share, share of missing predictions, prediction drift (Jensen-Shannon "
+    "distance, natural log, against the model's predicted-label distribution on its validation "
+    "shards), feature drift (PSI and Wasserstein distance of per-image mean NDVI and NDMI "
+    "against the model's training shards), and accuracy and macro F1 when the shard is "
+    "labelled. The table is this asset's only store: one upsert per shard, at the end of its "
+    "work, so a shard that fails leaves no row.",
     group_name=GROUP,
-    partitions_def=shards,
-    retry_policy=TRANSIENT_RETRIES,
-    check_specs=[
-        dg.AssetCheckSpec(
-            "prediction_drift",
-            asset="monitoring_metrics",
-            description="Warns when prediction drift exceeds the threshold (default 0.25).",
-        )
-    ],
     kinds={"sql"},
+    partitions_def=shards,
+    skippable=True,
 )
-def monitoring_metrics(
-    context: dg.AssetExecutionContext,
-    config: MonitoringConfig,
-    mlflow: MlflowResource,
-    metrics_db: MetricsDbResource,
-    batch_predictions: pd.DataFrame,
-    spectral_indices: xr.Dataset,
-):
-    """One row per shard and model version in the ``monitoring_metrics`` table (replaced, never
-    duplicated, when the shard is scored again): predicted class fractions, most common class
-    share, share of missing predictions, prediction drift (Jensen-Shannon distance, natural log,
-    against the model's predicted-label distribution on its validation shards), feature drift
-    (PSI and Wasserstein distance of per-image mean NDVI and NDMI against the model's training
-    shards), and accuracy and macro F1 when the shard is labelled.
+CHECKS = {
+    "prediction_drift": "Warns when prediction drift exceeds the threshold (run config "
+    f"`drift_threshold`, default {DRIFT_THRESHOLD}).",
+}
+CHECK_SPECS = shard_checks.specs(MONITORING.path[0], CHECKS, set())
 
-    The table is this asset's only store: one upsert at the very end, so a run that fails
-    leaves no row and nothing else behind."""
-    if batch_predictions.empty and spectral_indices.sizes["image"] == 0:
-        context.log.warning("empty shard: nothing to monitor")
-    name = str(batch_predictions["model_name"].iloc[0]) if len(batch_predictions) else ""
-    version = str(batch_predictions["model_version"].iloc[0]) if len(batch_predictions) else ""
-    variant = name.removeprefix("droughtwatch-")
-    tracking = mlflow.tracking()
-    run_id = tracking.version_run_id(variant, version)
-    reference = tracking.load_dict(run_id, REFERENCE_ARTIFACT)
-    label_reference, ndvi_reference, ndmi_reference = profiles(reference)
 
-    probabilities = batch_predictions[[f"P_{k}" for k in range(4)]].to_numpy()
+class References:
+    """Each model version's monitoring reference (its MLflow run's reference.json), read once."""
+
+    def __init__(self, tracking: Tracking):
+        self._tracking = tracking
+
+    @functools.cache  # noqa: B019 (one References per run: the cache dies with it)
+    def profiles(self, variant: str, version: str):
+        run_id = self._tracking.version_run_id(variant, version)
+        return profiles(self._tracking.load_dict(run_id, REFERENCE_ARTIFACT))
+
+
+def monitor_one(
+    key: str,
+    predictions: pd.DataFrame,
+    indices: xr.Dataset,
+    references: References,
+    engine: sa.Engine,
+    *,
+    run_id: str,
+    drift_threshold: float,
+) -> list:
+    """Compute and upsert one shard's monitoring row; its materialization and check result."""
+    name = str(predictions["model_name"].iloc[0]) if len(predictions) else ""
+    version = str(predictions["model_version"].iloc[0]) if len(predictions) else ""
+    label_reference, ndvi_reference, ndmi_reference = references.profiles(
+        name.removeprefix("droughtwatch-"), version
+    )
+    probabilities = predictions[[f"P_{k}" for k in range(4)]].to_numpy()
     row = monitoring_row(
-        shard_key=context.partition_key,
+        shard_key=key,
         model_name=name,
         model_version=version,
         probabilities=probabilities,
         reference_labels_dist=label_reference,
-        ndvi_means=spectral_indices["ndvi_mean"].values,
-        ndmi_means=spectral_indices["ndmi_mean"].values,
+        ndvi_means=indices["ndvi_mean"].values,
+        ndmi_means=indices["ndmi_mean"].values,
         ndvi_reference=ndvi_reference,
         ndmi_reference=ndmi_reference,
-        true_labels=spectral_indices["label"].values,
-        dagster_run_id=context.run.run_id,
+        true_labels=indices["label"].values,
+        dagster_run_id=run_id,
     )
     row["recorded_at"] = dt.datetime.now(dt.UTC)
-
-    metricsdb.upsert_monitoring_row(metrics_db.engine(), row)
+    metricsdb.upsert_monitoring_row(engine, row)
 
     drift = row["prediction_drift"]
     metadata = {
@@ -86,17 +97,21 @@ def monitoring_metrics(
         for k, v in row.items()
         if isinstance(v, int | float) and not isinstance(v, bool) and v is not None
     }
-    yield dg.MaterializeResult(
-        metadata={**metadata, "model_name": name, "model_version": version},
-        check_results=[
-            dg.AssetCheckResult(
-                check_name="prediction_drift",
-                passed=bool(drift <= config.drift_threshold),
-                severity=dg.AssetCheckSeverity.WARN,
-                metadata={"prediction_drift": drift, "threshold": config.drift_threshold},
-                description=None
-                if drift <= config.drift_threshold
-                else f"prediction drift {drift:.3f} > {config.drift_threshold}",
-            )
-        ],
-    )
+    return [
+        dg.AssetMaterialization(
+            asset_key=MONITORING,
+            partition=key,
+            metadata={**metadata, "model_name": name, "model_version": version},
+        ),
+        shard_checks.evaluation(
+            MONITORING.path[0],
+            "prediction_drift",
+            key,
+            passed=drift <= drift_threshold,
+            blocking=False,
+            metadata={"prediction_drift": drift, "threshold": drift_threshold},
+            description=None
+            if drift <= drift_threshold
+            else f"prediction drift {drift:.3f} > {drift_threshold}",
+        ),
+    ]

@@ -9,8 +9,9 @@ import json
 import dagster as dg
 
 from droughtwatch_assets.corpus import corpus_manifest
-from droughtwatch_assets.defs.resources import StorageResource, lake_key
+from droughtwatch_assets.defs.resources import StorageResource
 from droughtwatch_assets.defs.training.jobs import training_job
+from droughtwatch_assets.lake import lake_key
 from droughtwatch_assets.storage import ObjectNotFound, Store
 
 SCHEDULED_VARIANT = "baseline"
@@ -18,7 +19,7 @@ SCHEDULED_VARIANT = "baseline"
 
 def last_trained_fingerprint(lake: Store, variant: str) -> str | None:
     try:
-        data = lake.read_bytes(lake_key(dg.AssetKey("trained_model"), variant, ".json"))
+        data = lake.read_bytes(lake_key("trained_model", variant, ".json"))
     except ObjectNotFound:
         return None
     return json.loads(data).get("corpus_fingerprint")

@@ -1,0 +1,363 @@
+"""The run engine of the command line: the Dagster home, runs over batches of shards, outcomes.
+
+Runs started here are created the way the UI creates them, from the code location
+``droughtwatch`` (the same name ``dagster dev`` and ``workspace.yaml`` give it), so they carry
+its origin and job snapshot: the UI lists them under their job, on its timeline, and re-executes
+them like its own. They then execute in this process, as a run worker would.
+
+A run records which process executes it (``droughtwatch/worker``: host, pid and the process's
+start time). A process that dies mid-run (``kill -9``) cannot say so itself; ``fail_orphaned_runs``
+(called by every command that starts runs, and by the drop sensor) marks such runs failed, so
+none stays "started" forever.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from droughtwatch_assets import batching
+from droughtwatch_assets.settings import Settings
+
+if TYPE_CHECKING:
+    import dagster as dg
+
+LOCATION_NAME = "droughtwatch"
+DEFINITIONS_MODULE = "droughtwatch_assets.definitions"
+WORKER_TAG = "droughtwatch/worker"
+TRIGGER_TAG = "droughtwatch/trigger"
+RANGE_START = "dagster/asset_partition_range_start"
+RANGE_END = "dagster/asset_partition_range_end"
+
+EMBEDDED_INSTANCE_YAML = """\
+# The embedded default instance: SQLite storage in this folder (Dagster's default), written by
+# `droughtwatch home`.
+telemetry:
+  enabled: false
+# Runs wait in a queue and start {runs} at a time, one per core of the machine that wrote this
+# file (each run is a process that works through its shards); a dequeued run starts within a
+# second.
+run_coordinator:
+  module: dagster._core.run_coordinator
+  class: QueuedRunCoordinator
+  config:
+    dequeue_interval_seconds: 1
+concurrency:
+  runs:
+    max_concurrent_runs: {runs}
+  pools:
+    # The only pool is "training": one training at a time, never two on a small machine.
+    default_limit: 1
+"""
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+"""Step-by-step DEBUG events stay in the instance (and the UI); the terminal shows warnings
+and the summary tables."""
+
+
+def prepare_dagster_home() -> Path:
+    """DAGSTER_HOME, or the embedded default under DROUGHTWATCH_HOME, created if missing."""
+    home = Path(os.environ.get("DAGSTER_HOME") or Settings.from_env().dagster_home)
+    home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        runs = batching.default_parallelism()
+        (home / "dagster.yaml").write_text(EMBEDDED_INSTANCE_YAML.format(runs=runs))
+    os.environ["DAGSTER_HOME"] = str(home)
+    return home
+
+
+def instance() -> dg.DagsterInstance:
+    import dagster as dg
+
+    prepare_dagster_home()
+    return dg.DagsterInstance.get()
+
+
+# --- outcomes
+
+
+@dataclass
+class ShardOutcome:
+    """What a run did to one partition (a shard, or a variant for training)."""
+
+    key: str
+    ok: bool
+    metadata: dict = field(default_factory=dict)
+    failed_checks: list[str] = field(default_factory=list)
+    warned_checks: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def _value(value: Any) -> Any:
+    return getattr(value, "value", value)
+
+
+def outcomes(inst: dg.DagsterInstance, run_id: str, keys: Sequence[str]) -> list[ShardOutcome]:
+    """Per-partition outcomes of a run, from its events: metadata of every materialization (as
+    ``asset.label``), failed and warned checks, and why a partition failed. A partition is ok
+    when it failed no check, the run's failure does not name it, and every asset the run was
+    to materialize for it did materialize."""
+    import dagster as dg
+
+    run = inst.get_run_by_id(run_id)
+    assert run is not None
+    by_key = {key: ShardOutcome(key, True) for key in keys}
+    materialized: dict[str, set[str]] = {key: set() for key in keys}
+    failure_lines: list[str] = []
+    for record in inst.all_logs(run_id):
+        event = record.dagster_event
+        if event is None:
+            continue
+        if event.is_step_materialization:
+            mat = event.step_materialization_data.materialization
+            if mat.partition in by_key:
+                name = mat.asset_key.to_user_string()
+                materialized[mat.partition].add(name)
+                for label, value in mat.metadata.items():
+                    by_key[mat.partition].metadata[f"{name}.{label}"] = _value(value)
+        elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluation = event.asset_check_evaluation_data
+            outcome = by_key.get(evaluation.partition)
+            if outcome is None or evaluation.passed:
+                continue
+            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+            if evaluation.severity == dg.AssetCheckSeverity.WARN:
+                outcome.warned_checks.append(name)
+            else:
+                outcome.failed_checks.append(name)
+                outcome.ok = False
+                outcome.error = outcome.error or (evaluation.description or "")
+        elif event.is_step_failure:
+            data = event.step_failure_data
+            failure = data.user_failure_data
+            text = (failure.description if failure else None) or _root_cause(data.error)
+            failure_lines = [line for line in text.splitlines() if line.strip()]
+    if run.status == dg.DagsterRunStatus.SUCCESS:
+        return list(by_key.values())
+    expected = _planned_assets(inst, run)
+    general = [line for line in failure_lines if not line.startswith(tuple(by_key))]
+    for outcome in by_key.values():
+        named = [line for line in failure_lines if line.startswith(f"{outcome.key}: ")]
+        if named:
+            outcome.ok, outcome.error = False, named[0].split(": ", 1)[1]
+        elif outcome.ok and not expected <= materialized[outcome.key]:
+            outcome.ok = False
+            outcome.error = general[-1] if general else f"run {run.status.value.lower()}"
+    return list(by_key.values())
+
+
+def _planned_assets(inst: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
+    """The assets a run's plan materializes."""
+    if not run.execution_plan_snapshot_id:
+        return set()
+    plan = inst.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
+    return {
+        output.properties.asset_key.to_user_string()
+        for step in plan.steps
+        for output in step.outputs
+        if output.properties is not None and output.properties.asset_key is not None
+    }
+
+
+def _root_cause(error: Any) -> str:
+    """The innermost error's message: Dagster wraps user errors in its own."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error is not None else ""
+
+
+# --- creating and executing runs
+
+
+def _current_code_location():
+    """The code location for this process's current settings: the definitions module is
+    reloaded when the environment changed since it was imported."""
+    import importlib
+
+    import droughtwatch_assets.definitions as module
+
+    if Settings.from_env() != module.SETTINGS:
+        importlib.reload(module)
+        _code_location.cache_clear()
+    return _code_location(os.environ["DAGSTER_HOME"])
+
+
+@functools.cache
+def _code_location(dagster_home: str):
+    """The droughtwatch code location loaded in this process, named as the UI names it."""
+    from dagster._core.remote_origin import InProcessCodeLocationOrigin
+    from dagster._core.remote_representation.code_location import InProcessCodeLocation
+    from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
+
+    origin = InProcessCodeLocationOrigin(
+        LoadableTargetOrigin(module_name=DEFINITIONS_MODULE, working_directory=os.getcwd()),
+        location_name=LOCATION_NAME,
+    )
+    return InProcessCodeLocation(origin, instance=instance())
+
+
+def _process_start(pid: int) -> str | None:
+    """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_tag(pid: int | None = None) -> str:
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_process_start(pid) or '-'}"
+
+
+def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
+    """Mark failed the runs that a process on this host was executing and that process is gone
+    (killed, crashed); returns their ids."""
+    import dagster as dg
+
+    host = socket.gethostname()
+    orphans = []
+    records = inst.get_run_records(
+        filters=dg.RunsFilter(
+            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            tags={TRIGGER_TAG: "cli"},
+        )
+    )
+    for record in records:
+        run = record.dagster_run
+        tag = run.tags.get(WORKER_TAG, "")
+        worker_host, _, rest = tag.partition(":")
+        pid, _, started = rest.partition(":")
+        if worker_host != host or not pid.isdigit():
+            continue
+        if _process_start(int(pid)) == started and started != "-":
+            continue  # still running
+        inst.report_run_failed(
+            run,
+            f"the droughtwatch process that executed this run (pid {pid} on {host}) is gone: "
+            "killed or crashed mid-run. Its shards that landed are kept; run the command again "
+            "(or re-execute this run) to do the rest.",
+        )
+        orphans.append(run.run_id)
+    return orphans
+
+
+def partition_tags(batch: Sequence[str]) -> dict[str, str]:
+    """The run tags that name a batch's partitions: one key, or a range first...last."""
+    if len(batch) == 1:
+        return {"dagster/partition": batch[0]}
+    return {RANGE_START: batch[0], RANGE_END: batch[-1]}
+
+
+def create_run(
+    job_name: str,
+    batch: Sequence[str],
+    *,
+    run_config: Mapping[str, Any] | None = None,
+    tags: Mapping[str, str] | None = None,
+) -> dg.DagsterRun:
+    """A run of `job_name` over the batch's partitions, created as the UI creates one."""
+    from dagster._core.definitions.selector import JobSubsetSelector
+
+    inst = instance()
+    location = _current_code_location()
+    repo = location.get_repository("__repository__")
+    remote_job = location.get_job(
+        JobSubsetSelector(
+            location_name=location.name,
+            repository_name=repo.name,
+            job_name=job_name,
+            op_selection=None,
+        )
+    )
+    config = {**QUIET, **(run_config or {})}
+    plan = location.get_execution_plan(
+        remote_job, config, step_keys_to_execute=None, known_state=None, instance=inst
+    )
+    snapshot = plan.execution_plan_snapshot
+    return inst.create_run(
+        job_name=job_name,
+        run_id=str(uuid.uuid4()),
+        run_config=config,
+        resolved_op_selection=remote_job.resolved_op_selection,
+        step_keys_to_execute=snapshot.step_keys_to_execute,
+        op_selection=None,
+        status=None,
+        root_run_id=None,
+        parent_run_id=None,
+        tags={**remote_job.tags, TRIGGER_TAG: "cli", **(tags or {}), **partition_tags(batch)},
+        job_snapshot=remote_job.job_snapshot,
+        execution_plan_snapshot=snapshot,
+        parent_job_snapshot=remote_job.parent_job_snapshot,
+        remote_job_origin=remote_job.get_remote_origin(),
+        job_code_origin=remote_job.get_python_origin(),
+        asset_selection=None,
+        asset_check_selection=None,
+        asset_graph=repo.asset_graph,
+    )
+
+
+def execute(run: dg.DagsterRun) -> dg.DagsterRun:
+    """Execute a created run in this process, as a run worker does; returns it as it ended."""
+    from dagster._core.execution.api import execute_run
+    from dagster._core.origin import JobPythonOrigin
+    from dagster._utils.hosted_user_process import recon_job_from_origin
+
+    inst = instance()
+    inst.add_run_tags(run.run_id, {WORKER_TAG: worker_tag()})
+    origin = run.job_code_origin
+    assert isinstance(origin, JobPythonOrigin)
+    execute_run(recon_job_from_origin(origin), inst.get_run_by_id(run.run_id), inst)
+    ended = inst.get_run_by_id(run.run_id)
+    assert ended is not None
+    return ended
+
+
+def run_batches(
+    job_name: str,
+    keys: Sequence[str],
+    *,
+    settings: Settings,
+    run_config: Mapping[str, Any] | None = None,
+    progress: Any = None,
+) -> list[ShardOutcome]:
+    """Run `job_name` over the shard partitions `keys` in batches of contiguous partitions (at
+    most DROUGHTWATCH_SHARDS_PER_RUN each), one after another; per-shard outcomes in `keys`'
+    order. A failed batch never stops the next."""
+    from droughtwatch_assets.defs.partitions import shards
+
+    inst = instance()
+    fail_orphaned_runs(inst)
+    order = inst.get_dynamic_partitions(shards.name)
+    results: dict[str, ShardOutcome] = {}
+    for batch in batching.contiguous_batches(
+        keys, order, max_per_run=settings.shards_per_run, parallel=1
+    ):
+        run = create_run(job_name, batch, run_config=run_config)
+        execute(run)
+        for outcome in outcomes(inst, run.run_id, batch):
+            results[outcome.key] = outcome
+        if progress is not None:
+            progress.update(len(batch))
+    return [results[key] for key in keys]
+
+
+def run_one(
+    job_name: str,
+    partition: str,
+    *,
+    run_config: Mapping[str, Any] | None = None,
+) -> ShardOutcome:
+    """One run of `job_name` for one partition (a variant, for training_job)."""
+    inst = instance()
+    fail_orphaned_runs(inst)
+    run = create_run(job_name, [partition], run_config=run_config)
+    execute(run)
+    [outcome] = outcomes(inst, run.run_id, [partition])
+    return outcome
