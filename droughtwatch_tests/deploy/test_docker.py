@@ -46,6 +46,7 @@ DOCUMENTED_SETTINGS = {
     "DROUGHTWATCH_TRAINING_GPUS",
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER",
     "DROUGHTWATCH_SQS_QUEUE_URL",
+    "DROUGHTWATCH_SHARDS_PER_RUN",
     "MLFLOW_TRACKING_URI",
     "DROUGHTWATCH_MLFLOW_ARTIFACTS",
     "MLFLOW_S3_ENDPOINT_URL",
@@ -61,6 +62,7 @@ DOCUMENTED_SETTINGS = {
 NOT_FOR_DOCKER = {
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER": "only the ECS run launcher acts on it",
     "DROUGHTWATCH_SQS_QUEUE_URL": "optional S3 event queue; MinIO in compose has none",
+    "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (100 shards per run) suits the stack",
     "MLFLOW_REGISTRY_URI": "unset means the tracking URI, which is what the stack wants",
 }
 # Only the webserver and daemon load workspace.yaml.

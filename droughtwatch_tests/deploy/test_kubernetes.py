@@ -212,6 +212,7 @@ NOT_FOR_KUBERNETES = {
     "DAGSTER_CODE_SERVER_HOST": "workspace.yaml only; the chart writes the workspace",
     "DAGSTER_CODE_SERVER_PORT": "workspace.yaml only; the chart writes the workspace",
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER": "ECS only",
+    "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (100 shards per run) suits the chart",
     "MLFLOW_REGISTRY_URI": "defaults to the tracking URI",
 }
 # Set only where they apply (MinIO, SQS, static keys): documented in the Secrets template.
