@@ -13,12 +13,9 @@ from droughtwatch_assets.defs.resources import StorageResource
 from droughtwatch_assets.discovery import DiscoveryCursor, Found, discover
 from droughtwatch_assets.lake import RAW_TFRECORDS, lake_key
 from droughtwatch_assets.notifications import QueueCursor, acknowledge, poll, sqs_client
-from droughtwatch_assets.runs import fail_orphaned_runs
+from droughtwatch_assets.runs import fail_orphaned_runs, partition_tags
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import ObjectInfo, S3Store, Store
-
-RANGE_START = "dagster/asset_partition_range_start"
-RANGE_END = "dagster/asset_partition_range_end"
 
 
 def ingested_version(lake: Store, key: str) -> str | None:
@@ -42,13 +39,6 @@ def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
 _SETTINGS = Settings.from_env()
 # Seconds between ticks (DROUGHTWATCH_SENSOR_INTERVAL): a drop waits half of it on average.
 SENSOR_INTERVAL_S = _SETTINGS.sensor_interval_s
-
-
-def partition_tags(batch: Sequence[str]) -> dict[str, str]:
-    """The run tags that name a batch's partitions: one key, or a range first...last."""
-    if len(batch) == 1:
-        return {"dagster/partition": batch[0]}
-    return {RANGE_START: batch[0], RANGE_END: batch[-1]}
 
 
 def batch_requests(
