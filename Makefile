@@ -18,7 +18,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 CHECKOV := .tools/checkov/bin/checkov
 COMPOSE := docker compose -f docker/docker-compose.yml --env-file docker/.env
 
-.PHONY: install tools demo dev mlflow-ui test lint bench bench-training bench-inference \
+.PHONY: install tools demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e \
 	stack-up stack-down clean
 
 $(UV):
@@ -69,6 +69,10 @@ bench-training: install  ## input pipeline, earlier approach, memory; docs/bench
 
 bench-inference: install  ## predictions/s and drop-to-metrics latency; docs/benchmarks-inference.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.inference
+
+# ARGS passes options through, e.g. ARGS='--shards 100 --memory-shards 0 --repeats 1'.
+bench-e2e: install  ## every user path on real-shaped shards vs the earlier approach; docs/benchmarks-e2e.md
+	$(BIN)/python -m droughtwatch_tests.benchmarks.e2e $(ARGS)
 
 docker/.env:
 	@echo "docker/.env is missing: cp docker/.env.example docker/.env and set its passwords" >&2

@@ -24,10 +24,14 @@ def default_parallelism() -> int:
 
 def batch_size(count: int, max_per_run: int, parallel: int) -> int:
     """Shards per run for `count` shards: as few runs as `max_per_run` allows, spread over up to
-    `parallel` runs when each still gets at least MIN_SHARDS_PER_PARALLEL_RUN shards."""
+    `parallel` runs when each still gets at least MIN_SHARDS_PER_PARALLEL_RUN shards, and as
+    many runs as keep all `parallel` workers busy to the end (a multiple of `parallel`)."""
     if count <= 0:
         return max_per_run
     runs = max(1, min(parallel, count // MIN_SHARDS_PER_PARALLEL_RUN))
+    needed = math.ceil(count / max_per_run)
+    if needed > runs:
+        runs = math.ceil(needed / runs) * runs
     return max(1, min(max_per_run, math.ceil(count / runs)))
 
 

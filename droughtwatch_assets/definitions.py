@@ -20,7 +20,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     return dg.Definitions(
         assets=[
-            build_shard_assets(settings.shards_per_run),
+            build_shard_assets(),
             training_corpus,
             trained_model,
             registered_model,

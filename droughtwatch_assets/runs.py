@@ -14,8 +14,13 @@ none stays "started" forever.
 from __future__ import annotations
 
 import functools
+import json
+import multiprocessing
 import os
+import signal
 import socket
+import threading
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,11 +40,19 @@ TRIGGER_TAG = "droughtwatch/trigger"
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 
+EMBEDDED_HEADER = "# The embedded default instance"
 EMBEDDED_INSTANCE_YAML = """\
-# The embedded default instance: SQLite storage in this folder (Dagster's default), written by
-# `droughtwatch home`.
+# The embedded default instance: SQLite storage in this folder, written by `droughtwatch home`
+# (and rewritten by it while this first line stays: edit the line away to keep your changes).
 telemetry:
   enabled: false
+# Dagster's SQLite event log, with pooled connections and no fsync per event
+# (droughtwatch_assets/eventlog.py).
+event_log_storage:
+  module: droughtwatch_assets.eventlog
+  class: PooledSqliteEventLogStorage
+  config:
+    base_dir: {events}
 # Runs wait in a queue and start {runs} at a time, one per core of the machine that wrote this
 # file (each run is a process that works through its shards); a dequeued run starts within a
 # second.
@@ -62,21 +75,36 @@ and the summary tables."""
 
 
 def prepare_dagster_home() -> Path:
-    """DAGSTER_HOME, or the embedded default under DROUGHTWATCH_HOME, created if missing."""
-    home = Path(os.environ.get("DAGSTER_HOME") or Settings.from_env().dagster_home)
+    """DAGSTER_HOME, or the embedded default under DROUGHTWATCH_HOME, created if missing.
+
+    A ``dagster.yaml`` that is missing, or still starts with EMBEDDED_HEADER, is (re)written
+    for this folder and this machine; any other is the user's and left alone.
+    """
+    home = Path(os.environ.get("DAGSTER_HOME") or Settings.from_env().dagster_home).resolve()
     home.mkdir(parents=True, exist_ok=True)
-    if not (home / "dagster.yaml").exists():
-        runs = batching.default_parallelism()
-        (home / "dagster.yaml").write_text(EMBEDDED_INSTANCE_YAML.format(runs=runs))
+    config = home / "dagster.yaml"
+    current = config.read_text() if config.exists() else EMBEDDED_HEADER
+    if current.startswith(EMBEDDED_HEADER):
+        wanted = EMBEDDED_INSTANCE_YAML.format(
+            runs=batching.default_parallelism(), events=json.dumps(str(home / "history" / "runs"))
+        )
+        if current != wanted:
+            config.write_text(wanted)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 
 
 def instance() -> dg.DagsterInstance:
+    """The instance of DAGSTER_HOME (prepared if needed), one per home in this process: building
+    one costs about half a second."""
+    return _instance(str(prepare_dagster_home()))
+
+
+@functools.cache
+def _instance(dagster_home: str) -> dg.DagsterInstance:
     import dagster as dg
 
-    prepare_dagster_home()
-    return dg.DagsterInstance.get()
+    return dg.DagsterInstance.from_config(dagster_home)
 
 
 # --- outcomes
@@ -110,7 +138,12 @@ def outcomes(inst: dg.DagsterInstance, run_id: str, keys: Sequence[str]) -> list
     by_key = {key: ShardOutcome(key, True) for key in keys}
     materialized: dict[str, set[str]] = {key: set() for key in keys}
     failure_lines: list[str] = []
-    for record in inst.all_logs(run_id):
+    kinds = {
+        dg.DagsterEventType.ASSET_MATERIALIZATION,
+        dg.DagsterEventType.ASSET_CHECK_EVALUATION,
+        dg.DagsterEventType.STEP_FAILURE,
+    }
+    for record in inst.all_logs(run_id, of_type=kinds):
         event = record.dagster_event
         if event is None:
             continue
@@ -326,26 +359,166 @@ def run_batches(
     settings: Settings,
     run_config: Mapping[str, Any] | None = None,
     progress: Any = None,
+    parallel: int | None = None,
 ) -> list[ShardOutcome]:
     """Run `job_name` over the shard partitions `keys` in batches of contiguous partitions (at
-    most DROUGHTWATCH_SHARDS_PER_RUN each), one after another; per-shard outcomes in `keys`'
-    order. A failed batch never stops the next."""
+    most DROUGHTWATCH_SHARDS_PER_RUN each), up to `parallel` (default: one per core) at a time;
+    per-shard outcomes in `keys`' order. A failed batch never stops the others. `progress` (a
+    tqdm bar) advances as shards materialize.
+
+    One batch at a time runs in this process. More run in worker processes, forked from a
+    clean server process that imported the definitions once (never from this process: it may
+    hold TensorFlow's threads, which do not survive a fork)."""
     from droughtwatch_assets.defs.partitions import shards
 
     inst = instance()
     fail_orphaned_runs(inst)
     order = inst.get_dynamic_partitions(shards.name)
+    workers = max(1, parallel or batching.default_parallelism())
+    batches = batching.contiguous_batches(
+        keys, order, max_per_run=settings.shards_per_run, parallel=workers
+    )
+    pool = _Workers(inst, min(workers, len(batches)), progress)
+    try:
+        for batch in batches:
+            pool.wait_for_room()
+            pool.start(create_run(job_name, batch, run_config=run_config), batch)
+        pool.wait_for_room(0)
+    finally:
+        pool.stop()
     results: dict[str, ShardOutcome] = {}
-    for batch in batching.contiguous_batches(
-        keys, order, max_per_run=settings.shards_per_run, parallel=1
-    ):
-        run = create_run(job_name, batch, run_config=run_config)
-        execute(run)
-        for outcome in outcomes(inst, run.run_id, batch):
+    for run_id, batch in pool.done:
+        for outcome in outcomes(inst, run_id, batch):
             results[outcome.key] = outcome
-        if progress is not None:
-            progress.update(len(batch))
     return [results[key] for key in keys]
+
+
+def _worker(dagster_home: str, run_id: str, command: str) -> None:
+    """A worker process: execute one created run; die with the command that started it."""
+    threading.Thread(target=_exit_with, args=(command,), daemon=True).start()
+    os.environ["DAGSTER_HOME"] = dagster_home
+    run = instance().get_run_by_id(run_id)
+    assert run is not None, f"run {run_id} not found"
+    execute(run)
+
+
+def _exit_with(command: str) -> None:
+    """Kill this process as soon as `command` (a worker_tag) is gone: a killed command leaves no
+    worker behind. (A worker's parent is the fork server, which outlives the command while any
+    worker runs, so the kernel's parent-death signal cannot do this.)"""
+    _, pid, started = command.rsplit(":", 2)
+    if started == "-":
+        return  # no /proc to tell (not Linux): the worker ends with its run
+    while _process_start(int(pid)) == started:
+        time.sleep(0.5)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _worker_context() -> Any:
+    """forkserver where there is one (Linux): its server imports the definitions once, in a
+    fresh process, and each worker is a fork of it that starts in milliseconds."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("spawn")
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([DEFINITIONS_MODULE])
+    return context
+
+
+class _Workers:
+    """Executes runs: in this process when `size` is 1, else in up to `size` worker processes.
+    The progress bar moves as their shards materialize."""
+
+    def __init__(self, inst: dg.DagsterInstance, size: int, progress: Any) -> None:
+        self.inst = inst
+        self.size = size
+        self.progress = progress
+        self.context = _worker_context() if size > 1 else None
+        if self.context is not None and self.context.get_start_method() == "forkserver":
+            from multiprocessing import forkserver
+
+            forkserver.ensure_running()  # its imports overlap with creating the first runs
+        self.active: dict[Any, list[Any]] = {}  # sentinel -> [process, run_id, batch, seen, cursor]
+        self.done: list[tuple[str, Sequence[str]]] = []
+        self._lock = threading.Lock()
+
+    def start(self, run: dg.DagsterRun, batch: Sequence[str]) -> None:
+        if self.context is None:
+            self._execute_here(run, batch)
+            return
+        process = self.context.Process(
+            target=_worker,
+            args=(os.environ["DAGSTER_HOME"], run.run_id, worker_tag()),
+            name=f"droughtwatch run {run.run_id[:8]}",
+        )
+        process.start()
+        self.active[process.sentinel] = [process, run.run_id, batch, set(), None]
+
+    def _execute_here(self, run: dg.DagsterRun, batch: Sequence[str]) -> None:
+        entry = [None, run.run_id, batch, set(), None]
+        stop = threading.Event()
+
+        def watch() -> None:
+            while not stop.wait(1.0):
+                self._advance(entry)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            execute(run)
+        finally:
+            stop.set()
+            watcher.join()
+        self._finish(entry)
+
+    def wait_for_room(self, free: int = 1) -> None:
+        """Wait until at most `size - free` workers are busy (0: until all are done)."""
+        from multiprocessing.connection import wait
+
+        limit = self.size - free if free else 0
+        while len(self.active) > limit:
+            for sentinel in wait(list(self.active), timeout=1.0):
+                entry = self.active.pop(sentinel)
+                entry[0].join()
+                if entry[0].exitcode != 0:
+                    fail_orphaned_runs(self.inst)  # a worker that died mid-run left it started
+                self._finish(entry)
+            for entry in self.active.values():
+                self._advance(entry)
+
+    def _advance(self, entry: list[Any]) -> None:
+        """Move the progress bar by the entry's shards that materialized since the last look."""
+        import dagster as dg
+
+        if self.progress is None:
+            return
+        _, run_id, batch, seen, cursor = entry
+        found = self.inst.get_records_for_run(
+            run_id, cursor=cursor, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION
+        )
+        partitions = {r.event_log_entry.dagster_event.partition for r in found.records}
+        with self._lock:
+            new = (partitions & set(batch)) - seen
+            seen |= new
+            entry[4] = found.cursor or cursor
+            self.progress.update(len(new))
+
+    def _finish(self, entry: list[Any]) -> None:
+        _, run_id, batch, seen, _ = entry
+        if self.progress is not None:
+            with self._lock:
+                self.progress.update(len(batch) - len(seen))
+                seen |= set(batch)
+        self.done.append((run_id, batch))
+
+    def stop(self) -> None:
+        """On an interrupt: end the workers (their runs are then failed as orphaned)."""
+        for entry in self.active.values():
+            entry[0].terminate()
+        for entry in self.active.values():
+            entry[0].join(10)
+        if self.active:
+            self.active.clear()
+            fail_orphaned_runs(self.inst)
 
 
 def run_one(

@@ -25,7 +25,11 @@ def test_few_shards_stay_in_one_run_many_spread_over_the_cores():
     assert batch_size(MIN_SHARDS_PER_PARALLEL_RUN * 2, max_per_run=100, parallel=2) == (
         MIN_SHARDS_PER_PARALLEL_RUN
     )
-    assert batch_size(300, max_per_run=100, parallel=2) == 100  # the cap wins
+    assert batch_size(200, max_per_run=100, parallel=2) == 100  # the cap wins
+    # Three runs of 100 would leave one worker idle for the last: four of 75 keep both busy.
+    assert batch_size(300, max_per_run=100, parallel=2) == 75
+    assert batch_size(1200, max_per_run=100, parallel=2) == 100
+    assert batch_size(300, max_per_run=100, parallel=1) == 100
     batches = contiguous_batches(ORDER[:120], ORDER, max_per_run=100, parallel=2)
     assert [len(b) for b in batches] == [60, 60]
 

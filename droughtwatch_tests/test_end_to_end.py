@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from droughtwatch_assets.runs import WORKER_TAG
 from droughtwatch_tests.conftest import REPO_ROOT, free_port
 
 pytestmark = pytest.mark.slow
@@ -245,9 +247,9 @@ def test_demo_ingests_trains_promotes_and_scores_the_drops(env):
 
 
 def test_a_killed_discover_leaves_no_run_started_and_a_rerun_does_the_rest(env):
-    """`kill -9` of `droughtwatch discover --materialize` mid-run: the next command marks the
-    orphaned run failed, ingests only the shards still missing, and every shard ends in the lake
-    once."""
+    """`kill -9` of `droughtwatch discover --materialize` mid-run, its runs in two worker
+    processes: the workers die with it, the next command marks the orphaned runs failed, ingests
+    only the shards still missing, and every shard ends in the lake once."""
     run(
         [str(BIN / "droughtwatch"), "sample-data", "--train", "8000", "--val", "0",
          "--records-per-shard", "40"],
@@ -256,7 +258,7 @@ def test_a_killed_discover_leaves_no_run_started_and_a_rerun_does_the_rest(env):
     keys = [f"train/part-r-{i:05d}" for i in range(200)]
     proc = subprocess.Popen(
         [str(BIN / "droughtwatch"), "discover", "--materialize"],
-        env={**env, "DROUGHTWATCH_SHARDS_PER_RUN": "200"},
+        env={**env, "DROUGHTWATCH_SHARDS_PER_RUN": "100"},
         cwd=REPO_ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -269,21 +271,143 @@ def test_a_killed_discover_leaves_no_run_started_and_a_rerun_does_the_rest(env):
     proc.kill()
     proc.wait(timeout=30)
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        [killed] = instance.get_runs()
-        assert killed.status == dg.DagsterRunStatus.STARTED  # nobody could say otherwise yet
+        started = [r for r in instance.get_runs() if r.status == dg.DagsterRunStatus.STARTED]
+        assert started  # nobody could say otherwise yet
+        workers = {int(r.tags[WORKER_TAG].split(":")[1]) for r in started}
+    assert os.getpid() not in workers and proc.pid not in workers  # runs were in workers
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in workers):
+        time.sleep(0.1)
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "a worker outlived it"
     landed_before = len(list(lake.glob("*.json")))
     assert 20 <= landed_before < len(keys)
 
     proc = run([str(BIN / "droughtwatch"), "discover", "--materialize"], env)
     assert f"{len(keys) - landed_before} shards ingested, 0 failed" in proc.stdout
     with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
-        killed = instance.get_run_by_id(killed.run_id)
-        assert killed.status == dg.DagsterRunStatus.FAILURE
-        failure = [
-            e
-            for e in instance.all_logs(killed.run_id)
-            if e.dagster_event and e.dagster_event.is_run_failure
-        ]
-        assert "killed or crashed mid-run" in failure[0].message
+        for killed in started:
+            killed = instance.get_run_by_id(killed.run_id)
+            assert killed.status == dg.DagsterRunStatus.FAILURE
+            failure = [
+                e
+                for e in instance.all_logs(killed.run_id)
+                if e.dagster_event and e.dagster_event.is_run_failure
+            ]
+            assert "killed or crashed mid-run" in failure[0].message
+        assert not [
+            r for r in instance.get_runs()
+            if r.status in (dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING)
+        ]  # fmt: skip
         assert instance.get_materialized_partitions(dg.AssetKey("spectral_indices")) == set(keys)
     assert len(list(lake.glob("*.json"))) == len(keys)
+
+
+BATCH_GRAPHQL = """
+query Batch($asset: AssetKeyInput!, $check: String!) {
+  assetCheckExecutions(assetKey: $asset, checkName: $check, limit: 50) {
+    runId status partition
+  }
+  pipelineOrError(params: {pipelineName: "ingest_job", repositoryName: "__repository__",
+                           repositoryLocationName: "droughtwatch"}) {
+    __typename
+    ... on Pipeline { runs(limit: 20) { runId status tags { key value } } }
+  }
+}
+"""
+
+
+def _graphql(port: int, query: str, variables: dict, proc: subprocess.Popen) -> dict:
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"webserver exited: {proc.stderr.read()}")
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/graphql",
+                data=json.dumps({"query": query, "variables": variables}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            body = json.loads(urllib.request.urlopen(req, timeout=30).read())
+            assert "errors" not in body, body
+            return body["data"]
+        except OSError:
+            time.sleep(1)
+    pytest.fail("the webserver did not answer within 120 s")
+
+
+def test_a_bad_shard_mid_batch_and_a_range_backfill_as_the_webserver_shows_them(
+    env, sample_shard_path
+):
+    """Six real shards, the fourth truncated, in one CLI run: the five good ones land; the bad
+    one's check fails on its own partition, which the webserver's GraphQL reports with the
+    partition key; the CLI run is listed under ingest_job as a UI-launched run would be. Then a
+    backfill over a partition range with `dagster asset materialize --partition-range` is one
+    run that materializes each partition of the range."""
+    home = Path(env["DROUGHTWATCH_HOME"])
+    keys = [f"train/part-r-{i:05d}" for i in range(6)]
+    for key in keys:
+        (home / "data" / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sample_shard_path, home / "data" / key)
+    bad = keys[3]
+    data = (home / "data" / bad).read_bytes()
+    (home / "data" / bad).write_bytes(data[: len(data) // 2])  # cut mid-record
+
+    proc = subprocess.run(
+        [str(BIN / "droughtwatch"), "discover", "--materialize"],
+        env=env, cwd=REPO_ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 1, proc.stdout + proc.stderr  # a shard failed: the command says so
+    assert "5 shards ingested, 1 failed" in proc.stdout
+    assert re.search(rf"{bad}\s+FAILED", proc.stdout), proc.stdout
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        [cli_run] = instance.get_runs()
+        assert cli_run.tags["dagster/asset_partition_range_start"] == keys[0]
+        assert cli_run.tags["dagster/asset_partition_range_end"] == keys[-1]
+        good = set(keys) - {bad}
+        assert instance.get_materialized_partitions(dg.AssetKey("spectral_indices")) == good
+
+    # A backfill of two partitions as one range: one run, each partition materialized.
+    run(
+        [str(BIN / "dagster"), "asset", "materialize", "-m", "droughtwatch_assets.definitions",
+         "--select", "raw_tfrecords,filtered_images,spectral_indices",
+         "--partition-range", f"{keys[4]}...{keys[5]}"],
+        env,
+    )  # fmt: skip
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        backfill = [r for r in instance.get_runs() if r.run_id != cli_run.run_id]
+        assert len(backfill) == 1 and backfill[0].status == dg.DagsterRunStatus.SUCCESS
+        assert backfill[0].tags["dagster/asset_partition_range_start"] == keys[4]
+        assert backfill[0].tags["dagster/asset_partition_range_end"] == keys[5]
+        records = instance.fetch_materializations(dg.AssetKey("spectral_indices"), limit=20)
+        in_backfill = sorted(
+            r.partition_key for r in records.records if r.run_id == backfill[0].run_id
+        )
+        assert in_backfill == keys[4:]
+
+    port = free_port()
+    web = subprocess.Popen(  # as `make dev` starts it: the code location from pyproject.toml
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        answer = _graphql(
+            port,
+            BATCH_GRAPHQL,
+            {"asset": {"path": ["raw_tfrecords"]}, "check": "schema_and_labels"},
+            web,
+        )
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+    executions = answer["assetCheckExecutions"]
+    by_partition = {
+        e["partition"]: e["status"] for e in executions if e["runId"] == cli_run.run_id
+    }
+    assert by_partition == {key: "FAILED" if key == bad else "SUCCEEDED" for key in keys}
+    assert answer["pipelineOrError"]["__typename"] == "Pipeline", answer["pipelineOrError"]
+    runs = answer["pipelineOrError"]["runs"]
+    listed = {r["runId"]: r for r in runs}
+    assert cli_run.run_id in listed  # the job's page lists the CLI's run
+    tags = {t["key"]: t["value"] for t in listed[cli_run.run_id]["tags"]}
+    assert tags["droughtwatch/trigger"] == "cli"
+    assert listed[cli_run.run_id]["status"] == "FAILURE"  # a shard failed: the run says so

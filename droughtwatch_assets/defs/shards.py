@@ -40,7 +40,6 @@ INGEST = frozenset(ingest.KEYS)
 SCORING = frozenset({inference.PREDICTIONS, monitoring.MONITORING})
 # Shards scored together: a real shard (81 images) alone fills a third of a 256-image batch.
 CHUNK = 8
-DEFAULT_SHARDS_PER_RUN = 100
 # Transient faults (S3 or the tracking store away for a moment) fail the step after every other
 # shard is done; its retry redoes only the shards that did not materialize.
 TRANSIENT_RETRIES = dg.RetryPolicy(max_retries=3, delay=1, backoff=dg.Backoff.EXPONENTIAL)
@@ -255,9 +254,13 @@ def _chunks(keys: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield keys[start : start + size]
 
 
-def build_shard_assets(shards_per_run: int = DEFAULT_SHARDS_PER_RUN) -> dg.AssetsDefinition:
-    """The op that materializes the shard assets; a backfill hands it up to `shards_per_run`
-    shards per run."""
+def build_shard_assets() -> dg.AssetsDefinition:
+    """The op that materializes the shard assets.
+
+    A backfill (from the UI, or `dagster asset materialize --partition-range`, which Dagster
+    allows only under this policy) is one run over its whole range: the op streams the shards
+    with bounded memory. The sensor and the CLI split their work into runs of at most
+    DROUGHTWATCH_SHARDS_PER_RUN themselves (`droughtwatch_assets.batching`)."""
 
     @dg.multi_asset(
         name="process_shards",
@@ -265,7 +268,7 @@ def build_shard_assets(shards_per_run: int = DEFAULT_SHARDS_PER_RUN) -> dg.Asset
         check_specs=[*ingest.CHECK_SPECS, *inference.CHECK_SPECS, *monitoring.CHECK_SPECS],
         partitions_def=shards,
         can_subset=True,
-        backfill_policy=dg.BackfillPolicy.multi_run(shards_per_run),
+        backfill_policy=dg.BackfillPolicy.single_run(),
         retry_policy=TRANSIENT_RETRIES,
     )
     def process_shards(

@@ -213,6 +213,7 @@ NOT_FOR_KUBERNETES = {
     "DAGSTER_CODE_SERVER_PORT": "workspace.yaml only; the chart writes the workspace",
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER": "ECS only",
     "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (100 shards per run) suits the chart",
+    "DAGSTER_EVENT_BATCH_SIZE": "set in-process by the embedded SQLite event log only",
     "MLFLOW_REGISTRY_URI": "defaults to the tracking URI",
 }
 # Set only where they apply (MinIO, SQS, static keys): documented in the Secrets template.
