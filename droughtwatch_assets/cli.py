@@ -121,6 +121,8 @@ def discover_and_materialize(
     from droughtwatch_assets.defs.partitions import shards
     from droughtwatch_assets.discovery import full_scan, unique_keys
 
+    if materialize:
+        runs.start_workers()  # they import while the data root is listed
     data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     found, skipped = full_scan(data, already_ingested=already_ingested_in(lake))
@@ -320,6 +322,7 @@ def scored_keys(settings: Settings, prefix: str, *, again: bool) -> list[str]:
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
+    runs.start_workers()  # they import while the lake is listed
     keys = scored_keys(settings, args.prefix, again=args.again)
     if not keys:
         print(f"nothing to score under {args.prefix!r} (use --again to re-score)")

@@ -11,6 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DEFAULT_HOME = ".droughtwatch"
+# A run costs a process start before its first shard (about a second under the CLI, a few
+# seconds under a run launcher, more as a pod) and a real shard about 0.1 s of a core: 250 is
+# half a minute of work, and 1,200 shards on two cores are 6 runs, not 12.
+DEFAULT_SHARDS_PER_RUN = 250
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class Settings:
     sqs_queue_url: str | None = None  # S3 event notifications: the sensor reads them, no listing
     training_gpus: int = 0  # GPUs each training run asks its run launcher for (ECS, Kubernetes)
     ecs_gpu_capacity_provider: str = "droughtwatch-gpu"  # where ECS places GPU training runs
-    shards_per_run: int = 100  # the most shards one ingest/drop/rescore run covers
+    shards_per_run: int = DEFAULT_SHARDS_PER_RUN  # the most shards one ingest/drop/rescore run
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
@@ -39,7 +43,7 @@ class Settings:
             training_gpus=int(env.get("DROUGHTWATCH_TRAINING_GPUS") or 0),
             ecs_gpu_capacity_provider=env.get("DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER")
             or "droughtwatch-gpu",
-            shards_per_run=_positive(env, "DROUGHTWATCH_SHARDS_PER_RUN", 100),
+            shards_per_run=_positive(env, "DROUGHTWATCH_SHARDS_PER_RUN", DEFAULT_SHARDS_PER_RUN),
         )
 
     @property

@@ -62,7 +62,7 @@ DOCUMENTED_SETTINGS = {
 NOT_FOR_DOCKER = {
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER": "only the ECS run launcher acts on it",
     "DROUGHTWATCH_SQS_QUEUE_URL": "optional S3 event queue; MinIO in compose has none",
-    "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (100 shards per run) suits the stack",
+    "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (250 shards per run) suits the stack",
     "DAGSTER_EVENT_BATCH_SIZE": "set in-process by the embedded SQLite event log only",
     "MLFLOW_REGISTRY_URI": "unset means the tracking URI, which is what the stack wants",
 }

@@ -212,7 +212,7 @@ NOT_FOR_KUBERNETES = {
     "DAGSTER_CODE_SERVER_HOST": "workspace.yaml only; the chart writes the workspace",
     "DAGSTER_CODE_SERVER_PORT": "workspace.yaml only; the chart writes the workspace",
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER": "ECS only",
-    "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (100 shards per run) suits the chart",
+    "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (250 shards per run) suits the chart",
     "DAGSTER_EVENT_BATCH_SIZE": "set in-process by the embedded SQLite event log only",
     "MLFLOW_REGISTRY_URI": "defaults to the tracking URI",
 }
