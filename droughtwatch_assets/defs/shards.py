@@ -19,7 +19,7 @@ the shards and assets that did not materialize in it.
 """
 
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import dagster as dg
 import pandas as pd
@@ -114,6 +114,7 @@ class _ShardRun:
         self.mlflow, self.metrics_db = mlflow, metrics_db
         self.selected = frozenset(context.selected_asset_keys)
         self.failures: dict[str, BaseException] = {}
+        self.rejected: dict[str, list[str]] = defaultdict(list)  # shard -> failed blocking checks
         self._champion: inference.Champion | None = None
         self._references: monitoring.References | None = None
 
@@ -124,6 +125,16 @@ class _ShardRun:
             self._champion = inference.Champion(tracking, get_variant(self.config.variant))
             self._references = monitoring.References(tracking)
         return self._champion
+
+    def noting(self, events: Iterable) -> Iterator:
+        """`events`, passed on; a failed blocking check is noted against its shard, so the run's
+        failure names the shard (Dagster's own error names only the checks)."""
+        for event in events:
+            if isinstance(event, dg.AssetCheckEvaluation) and event.blocking and not event.passed:
+                name = f"{event.asset_key.to_user_string()}.{event.check_name}"
+                reason = f": {event.description}" if event.description else ""
+                self.rejected[event.partition or "-"].append(name + reason)
+            yield event
 
     def fail(self, key: str, error: BaseException) -> None:
         self.failures[key] = error
@@ -219,7 +230,8 @@ def process(
                 ingested = run.ingest_shard(key, todo[key] & INGEST)
                 if ingested is None:
                     continue
-                yield from ingested.events  # recorded by Dagster before the generator resumes
+                # Recorded by Dagster before the generator resumes.
+                yield from run.noting(ingested.events)
                 try:
                     ingested.commit(run.lake)
                 except Exception as exc:
@@ -231,19 +243,20 @@ def process(
                 scoring.append((key, todo[key] & SCORING, ingested))
         if scoring:
             try:
-                yield from run.score(scoring)
+                yield from run.noting(run.score(scoring))
             except inference.NoChampion as exc:
                 no_champion = exc  # the shards' ingest goes on; the run fails at the end
         finished += len(chunk)
         context.log.info(f"{finished}/{len(keys)} shards done")
     problems = [f"{key}: {error}" for key, error in run.failures.items()]
+    problems += [f"{key} failed {'; '.join(checks)}" for key, checks in run.rejected.items()]
     if no_champion is not None:
         problems.insert(0, str(no_champion))
     if problems:
         raise dg.Failure(
             description=f"{len(problems)} problem(s) in this run; every other shard landed.\n"
             + "\n".join(problems),
-            metadata={"failed_shards": sorted(run.failures)},
+            metadata={"failed_shards": sorted({*run.failures, *run.rejected})},
             allow_retries=no_champion is None
             and any(is_transient(e) for e in run.failures.values()),
         )

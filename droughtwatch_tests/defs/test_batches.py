@@ -58,7 +58,14 @@ def test_a_tick_of_shards_is_one_batched_run(corpus, instance):
 def test_a_bad_shard_in_the_middle_of_a_batch(corpus, instance):
     [request] = tick(corpus, instance).run_requests
     result = execute_request(corpus, instance, request)
-    assert not result.success  # the run says a shard failed ...
+    assert not result.success  # the run says a shard failed, and names it ...
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert "1 problem(s) in this run; every other shard landed." in message
+    assert f"{BAD} failed raw_tfrecords.schema_and_labels: " in message
+    assert "payload crc mismatch" in message
+    assert "raw_tfrecords.has_records: no records counted: the shard does not decode" in message
+    assert not any(f"{key} failed" in message for key in KEYS if key != BAD)
 
     # ... and every good shard landed, each with its own materializations and metadata.
     lake = open_store(corpus.lake)

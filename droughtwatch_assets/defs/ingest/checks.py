@@ -62,6 +62,9 @@ def raw_checks(report: RawShardReport) -> list[dg.AssetCheckEvaluation]:
             passed=report.records > 0,
             blocking="has_records" in RAW_BLOCKING,
             metadata={"records": report.records},
+            description=None
+            if report.valid
+            else "no records counted: the shard does not decode (see schema_and_labels)",
         ),
     ]
 
