@@ -59,3 +59,40 @@ def test_emulate_drops_without_val_shards_says_what_to_do(tmp_path: Path, monkey
     monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path))
     assert main(["emulate-drops", "--count", "1", "--interval", "0"]) == 1
     assert "droughtwatch sample-data" in capsys.readouterr().out
+
+
+INGEST_IN_A_FRESH_PROCESS = """
+import os, sys
+from droughtwatch_assets import runs
+from droughtwatch_assets.settings import Settings
+
+runs.prepare_dagster_home()
+settings = Settings.from_env()
+key = "train/part-r-00000"
+runs.instance().add_dynamic_partitions("shards", [key])
+[outcome] = runs.run_batches("ingest_job", [key], settings=settings, parallel=1)
+assert outcome.ok, outcome
+print(sorted(m for m in ("tensorflow", "keras", "mlflow") if m in sys.modules))
+"""
+
+
+def test_an_ingest_run_imports_no_tensorflow_keras_or_mlflow(tmp_path: Path, sample_shard_path):
+    """A run of ingest_job, executed in the process as a run worker executes it, on the real
+    shard: its steps need neither a model nor the tracking store, so it never pays their
+    imports (seconds, and most of a worker's memory)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    (tmp_path / "data" / "train").mkdir(parents=True)
+    shutil.copyfile(sample_shard_path, tmp_path / "data" / "train" / "part-r-00000")
+    env = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    env["DROUGHTWATCH_HOME"] = str(tmp_path)
+    out = subprocess.run(
+        [sys.executable, "-c", INGEST_IN_A_FRESH_PROCESS],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "lake" / "spectral_indices" / "train" / "part-r-00000.arrow").exists()

@@ -11,7 +11,9 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -158,6 +160,35 @@ GRAPHQL = """
 """
 
 
+def _graphql(
+    port: int,
+    query: str,
+    variables: dict,
+    proc: subprocess.Popen,
+    ready: Callable[[dict], Any] = lambda data: True,
+) -> dict:
+    """The webserver's answer to `query`, asked again (up to 120 s) until it answers and
+    `ready(data)` holds: a webserver still loading its code location answers with nothing."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"webserver exited: {proc.stderr.read()}")
+        try:
+            req = urllib.request.Request(
+                f"http://127.0.0.1:{port}/graphql",
+                data=json.dumps({"query": query, "variables": variables}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            body = json.loads(urllib.request.urlopen(req, timeout=30).read())
+            assert "errors" not in body, body
+            if ready(body["data"]):
+                return body["data"]
+        except OSError:
+            pass
+        time.sleep(1)
+    pytest.fail("the webserver did not answer as expected within 120 s")
+
+
 def test_webserver_on_the_code_server_lists_assets_checks_and_sensor(env):
     """The deployment layout: `dagster code-server` serves the code location over gRPC, and the
     webserver loads the repository's workspace.yaml, which points at it."""
@@ -179,36 +210,17 @@ def test_webserver_on_the_code_server_lists_assets_checks_and_sensor(env):
         env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 120
-        body = None
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                pytest.fail(f"webserver exited: {proc.stderr.read()}")
-            try:
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/graphql",
-                    data=json.dumps({"query": GRAPHQL}).encode(),
-                    headers={"Content-Type": "application/json"},
-                )
-                body = json.loads(urllib.request.urlopen(req, timeout=10).read())
-                if body.get("data", {}).get("assetNodes"):
-                    break
-            except OSError:
-                pass
-            time.sleep(1)
-        assert body and "errors" not in body, body
-        nodes = {"/".join(n["assetKey"]["path"]): n for n in body["data"]["assetNodes"]}
+        data = _graphql(port, GRAPHQL, {}, proc, ready=lambda d: d.get("assetNodes"))
+        nodes = {"/".join(n["assetKey"]["path"]): n for n in data["assetNodes"]}
         assert set(nodes) >= {"raw_tfrecords", "filtered_images", "spectral_indices"}
         assert nodes["filtered_images"]["groupName"] == "ingest"
         checks = {
             c["name"]: c["blocking"] for c in nodes["raw_tfrecords"]["assetChecksOrError"]["checks"]
         }
         assert checks == {"schema_and_labels": True, "has_records": True}
-        sensors = [
-            s["name"] for r in body["data"]["repositoriesOrError"]["nodes"] for s in r["sensors"]
-        ]
+        sensors = [s["name"] for r in data["repositoriesOrError"]["nodes"] for s in r["sensors"]]
         assert "drop_sensor" in sensors
-        locations = body["data"]["workspaceOrError"]["locationEntries"]
+        locations = data["workspaceOrError"]["locationEntries"]
         assert [(e["name"], e["locationOrLoadError"]["__typename"]) for e in locations] == [
             ("droughtwatch", "RepositoryLocation")
         ]
@@ -316,25 +328,6 @@ query Batch($asset: AssetKeyInput!, $check: String!) {
 """
 
 
-def _graphql(port: int, query: str, variables: dict, proc: subprocess.Popen) -> dict:
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"webserver exited: {proc.stderr.read()}")
-        try:
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/graphql",
-                data=json.dumps({"query": query, "variables": variables}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            body = json.loads(urllib.request.urlopen(req, timeout=30).read())
-            assert "errors" not in body, body
-            return body["data"]
-        except OSError:
-            time.sleep(1)
-    pytest.fail("the webserver did not answer within 120 s")
-
-
 def test_a_bad_shard_mid_batch_and_a_range_backfill_as_the_webserver_shows_them(
     env, sample_shard_path
 ):
@@ -400,9 +393,7 @@ def test_a_bad_shard_mid_batch_and_a_range_backfill_as_the_webserver_shows_them(
         web.terminate()
         web.wait(timeout=30)
     executions = answer["assetCheckExecutions"]
-    by_partition = {
-        e["partition"]: e["status"] for e in executions if e["runId"] == cli_run.run_id
-    }
+    by_partition = {e["partition"]: e["status"] for e in executions if e["runId"] == cli_run.run_id}
     assert by_partition == {key: "FAILED" if key == bad else "SUCCEEDED" for key in keys}
     assert answer["pipelineOrError"]["__typename"] == "Pipeline", answer["pipelineOrError"]
     runs = answer["pipelineOrError"]["runs"]

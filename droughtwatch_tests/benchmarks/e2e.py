@@ -418,33 +418,25 @@ def measure_served(
         inference.wait_for_webserver(dev, timeout=180)
         inference.wait_for_sensor_tick(dev, instance, timeout=180)
 
-        log(f"  sensor, ingest: {settings.shards} shards uploaded at once into {ARCHIVE}/ ...")
-        uploaded = time.time()
-        link_shards(corpus, drops_root / ARCHIVE, settings.shards)
-        ingested = wait_for_partitions(
-            dev, instance, "spectral_indices", archive, uploaded, settings.timeout
-        )
-        runs = _runs_since(instance, "ingest_job", uploaded)
-        result["sensor_ingest"] = {
-            "seconds": ingested - uploaded,
-            "runs": len(runs),
-            "failed_runs": sum(r.status != dg.DagsterRunStatus.SUCCESS for r in runs),
-        }
-        log(f"    all ingested after {ingested - uploaded:.1f} s, in {len(runs)} runs")
+        def upload(dest: Path, asset: str, expected: Sequence[str], job: str) -> dict[str, Any]:
+            """Every shard into `dest` at once; until each of `expected` has `asset`."""
+            log(f"  sensor: {settings.shards} shards uploaded at once into {dest} ...")
+            uploaded = time.time()
+            link_shards(corpus, dest, settings.shards)
+            done = wait_for_partitions(dev, instance, asset, expected, uploaded, settings.timeout)
+            runs = _runs_since(instance, job, uploaded)
+            log(f"    every {asset} after {done - uploaded:.1f} s, in {len(runs)} {job} runs")
+            return {
+                "seconds": done - uploaded,
+                "runs": len(runs),
+                "failed_runs": sum(r.status != dg.DagsterRunStatus.SUCCESS for r in runs),
+            }
 
-        log(f"  sensor, drops: {settings.shards} shards uploaded at once into {drop_dir} ...")
-        uploaded = time.time()
-        link_shards(corpus, drop_dir, settings.shards)
-        scored = wait_for_partitions(
-            dev, instance, "monitoring_metrics", keys, uploaded, settings.timeout
+        result["sensor_ingest"] = upload(
+            drops_root / ARCHIVE, "spectral_indices", archive, "ingest_job"
         )
-        runs = _runs_since(instance, "drop_job", uploaded)
-        result["sensor"] = {
-            "scored_seconds": scored - uploaded,
-            "runs": len(runs),
-            "failed_runs": sum(r.status != dg.DagsterRunStatus.SUCCESS for r in runs),
-        }
-        log(f"    all ingested and scored after {scored - uploaded:.1f} s, in {len(runs)} runs")
+        drops = upload(drop_dir, "monitoring_metrics", keys, "drop_job")
+        result["sensor"] = {"scored_seconds": drops.pop("seconds"), **drops}
 
         log(f"  backfill of the ingest assets over the {settings.shards} {ARCHIVE}/ shards ...")
         assets = ["raw_tfrecords", "filtered_images", "spectral_indices"]
@@ -808,34 +800,50 @@ def target_rows(report: dict[str, Any]) -> list[list[str]]:
 
 WHERE_THE_TIME_GOES = """## Where the remaining time goes
 
-Measured with cProfile on one worker's run of 100 real-shaped shards through `ingest_job`
-(2026-12-01; the profiler roughly doubles Python-heavy code, so read the shares, not the
-seconds): 15.0 s in all, of which **8.2 s is Dagster recording the 1,023 events of the run**
-(per shard: 3 planned materializations, 3 materializations, 7 check results) and 5.6 s is the
-shards' own work (read 1.1 s, decode 0.6 s, filters and indices 1.2 s, Arrow encoding 1.0 s,
-writes 0.5 s). Of the 8.2 s, 7.5 s is the event log's `store_event`: Dagster serializes each
-event (serdes and JSON, 3.3 s), builds its SQL through SQLAlchemy (1.5 s), and writes it to the
-run's database and the cross-run index (two commits per event, 0.8 s). Before
-`droughtwatch_assets/eventlog.py` the same run also opened a new SQLite engine for every write and
-fsynced every commit: 13 events per shard at about 25 ms each, which is what made
-`discover --materialize` slower than the earlier approach.
+Measured on 2026-12-01 on this machine (2 cores) from the runs' own event timestamps, and with
+cProfile for the shares (the profiler inflates Python-heavy code, so its seconds are not used).
 
-So on two cores the CLI spends more of each shard on per-shard truth (one materialization and
-one check result per asset per shard, recorded against its partition) than on the data; that,
-and a process that imports the code location (about 4 s) before the first shard, is what keeps
-`discover --materialize` short of 10x. The other paths add:
+**`discover --materialize`, 300 shards, about 17-19 s.** About 3 s pass before the first run:
+the interpreter, the CLI's imports, listing the data root and adding 300 partitions, while the
+worker fork server imports the code location beside them. Creating a run of 150 shards takes
+0.5-1.4 s (Dagster writes its planned events: one per asset and shard). Then two workers run
+150 shards each in about 11 s: **72-77 ms per shard**, where the same shard's data work alone
+(`ingest_one` outside Dagster: read, CRC, decode, filters, indices, Arrow, writes) takes **31 ms**.
+The other 40-45 ms is Dagster recording the shard's 13 events (3 planned materializations,
+3 materializations, 7 check results), about 1.5 ms each through the event log's `store_event`:
+the event serialized two or three times (serdes and JSON), its SQL built through SQLAlchemy, and
+two commits (the run's database and the cross-run index). Before
+`droughtwatch_assets/eventlog.py` each of those writes also opened a new SQLite engine and
+fsynced: about 25 ms per event, which made the CLI slower than the earlier approach.
 
-- **the drop sensor** waits for its next tick (the interval), the run queue (1 s), and a run
-  process per batch that imports the code location; `drop_job` runs also import TensorFlow and
-  MLflow and load the champion (several seconds) before their first prediction. A lone drop is
-  mostly that start-up: sensor tick, queue, imports, model load; its own work is under a second.
-- **a backfill launched from the UI** waits for the daemon's backfill loop, which runs every 30 s
-  (Dagster's `DEFAULT_DAEMON_INTERVAL_SECONDS`, not configurable), before its run is requested,
-  and again before it is marked complete; its run is one process (the single-run backfill
-  policy, which `dagster asset materialize --partition-range` requires), so one core.
-- **scoring** records two materializations and their check results per shard, and each worker
-  process loads TensorFlow and the champion before its first batch."""
+10x the earlier approach is about 10 s for these 300 shards. With 3 s of fixed start and two
+cores, that leaves about 45 ms of a core per shard; the data work takes 31 ms of it, leaving
+about 1 ms per event where Dagster needs 3-4 times that. Reaching it would take writing
+Dagster's event tables directly, or dropping per-shard events (the per-shard truth the design
+keeps); neither is done.
 
+**The drop sensor, 300 shards into `archive/`, about 26-29 s.** From one timed upload: the
+first run was created 8.8 s after the upload (the wait for the next tick, up to the 5 s
+interval, then the daemon adding 300 partitions; the sensor's own evaluation takes 63 ms), the
+second 1.5 s later (the daemon creates runs one after the other, each with its planned events).
+Each run waited about 1.3 s in the queue, then 3.2-3.7 s for its process to start (the run
+worker imports the code location: 1.7 s, of which Dagster 0.65 s and xarray with pandas
+0.43 s), then worked 12 s on its 150 shards at the same per-shard cost as above. `drop_job` runs
+also import TensorFlow and MLflow and load the champion before their first prediction; a lone
+drop is mostly that start-up, its own work is under a second.
+
+**A backfill launched from the UI** waits for the daemon's backfill loop, which runs every 30 s
+(Dagster's `DEFAULT_DAEMON_INTERVAL_SECONDS`, not configurable), before its run is requested and
+again before it is marked complete. Its run is one process (the single-run backfill policy,
+which `dagster asset materialize --partition-range` requires), so one core.
+
+**`score --again`.** The first prediction comes about 10 s after the command starts: each worker
+imports TensorFlow (about 6 s with two importing at once on two cores) and loads the champion.
+Then a worker spends about 117 ms per shard, most of it the model: the champion predicts about
+1,600 images/s using both cores, so an 81-image shard is about 100 ms of one core. The champion's
+own rate is the noisiest figure here (410/s in one run of this benchmark, 1,666/s in the next),
+so the ratio moves with it. Scoring without TensorFlow (ONNX Runtime, issue 14) removes the
+import from every scoring process."""
 
 
 # --- the command line
@@ -901,17 +909,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BenchmarkError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # What shaped the figures: the options of the run that measured them, never where they
+    # were read from or written to.
+    report.setdefault("arguments", measuring_arguments(
+        sys.argv[1:] if argv is None else argv, ("--json", "--docs", "--no-docs", "--from-json")
+    ))  # fmt: skip
     print()
     print(format_summary(report))
     if args.json is not None:
         args.json.write_text(json.dumps(report, indent=1, default=str))
     if not args.no_docs:
         args.docs.parent.mkdir(parents=True, exist_ok=True)
-        arguments = report.get("arguments") or measuring_arguments(
-            sys.argv[1:] if argv is None else argv, ("--json", "--docs", "--no-docs")
-        )
-        report["arguments"] = arguments
-        args.docs.write_text(format_docs(report, arguments))
+        args.docs.write_text(format_docs(report, report["arguments"]))
         _log(f"wrote {args.docs}")
     return 0 if all(t["passed"] for t in report["targets"]) else 1
 
