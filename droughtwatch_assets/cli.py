@@ -404,7 +404,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"  lake             {settings.lake}  (raw_tfrecords/, filtered_images/, spectral_indices/)"
     )
-    print(f"  dagster instance {os.environ.get('DAGSTER_HOME')}")
+    print(f"  dagster instance {settings.dagster_home}")
     print(f"  MLflow           {default_tracking_uri(settings)}  (UI: make mlflow-ui)")
     print(
         f"  metrics database {metricsdb.database_url(settings)}"

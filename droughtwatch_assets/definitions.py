@@ -1,4 +1,8 @@
-"""The code location: the domains under defs/, bound to resources from the environment."""
+"""The code location: the domains under defs/, bound to resources from the environment.
+
+The environment is read here, once, when the code location loads (``Settings.from_env()``);
+``build_definitions(settings)`` builds everything that depends on it (resources, the drop
+sensor's interval and batch size, training's GPU run tags) from the Settings it is given."""
 
 from __future__ import annotations
 
@@ -6,18 +10,20 @@ import dagster as dg
 
 from droughtwatch_assets.defs.inference.jobs import drop_job, rescore_job
 from droughtwatch_assets.defs.ingest.jobs import ingest_job
-from droughtwatch_assets.defs.ingest.sensors import drop_sensor
+from droughtwatch_assets.defs.ingest.sensors import build_drop_sensor
 from droughtwatch_assets.defs.registry.assets import registered_model
 from droughtwatch_assets.defs.resources import build_resources
 from droughtwatch_assets.defs.shards import build_shard_assets
 from droughtwatch_assets.defs.training.assets import trained_model, training_corpus
-from droughtwatch_assets.defs.training.jobs import training_job
-from droughtwatch_assets.defs.training.schedules import baseline_daily, retrain_on_new_labels
+from droughtwatch_assets.defs.training.jobs import build_training_job
+from droughtwatch_assets.defs.training.schedules import build_training_triggers
 from droughtwatch_assets.settings import Settings
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
+    training_job = build_training_job(settings)
+    baseline_daily, retrain_on_new_labels = build_training_triggers(training_job)
     return dg.Definitions(
         assets=[
             build_shard_assets(),
@@ -26,7 +32,7 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             registered_model,
         ],
         jobs=[ingest_job, training_job, drop_job, rescore_job],
-        sensors=[drop_sensor, retrain_on_new_labels],
+        sensors=[build_drop_sensor(settings), retrain_on_new_labels],
         schedules=[baseline_daily],
         resources=build_resources(settings),
         # Every step of a run in the run's own process: a shard batch is one step, and a second

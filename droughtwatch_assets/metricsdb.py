@@ -7,7 +7,6 @@ One schema for SQLite (the embedded default under DROUGHTWATCH_HOME) and Postgre
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -16,12 +15,12 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 DEFAULT_FILENAME = "metrics.db"
-URL_ENV = "DROUGHTWATCH_METRICS_DB_URL"
 SCHEMA_VERSION = 1
 
 
-class _HasHome(Protocol):
+class _Settings(Protocol):  # droughtwatch_assets.settings.Settings, or anything shaped like it
     home: Path
+    metrics_db_url: str | None
 
 
 class SchemaVersionError(RuntimeError):
@@ -120,9 +119,9 @@ Migration = Callable[[sa.Connection], None]
 MIGRATIONS: dict[int, Migration] = {}
 
 
-def database_url(settings: _HasHome) -> str:
+def database_url(settings: _Settings) -> str:
     """``DROUGHTWATCH_METRICS_DB_URL`` when set, else ``$DROUGHTWATCH_HOME/metrics.db`` (SQLite)."""
-    return os.environ.get(URL_ENV) or f"sqlite:///{settings.home}/{DEFAULT_FILENAME}"
+    return settings.metrics_db_url or f"sqlite:///{settings.home}/{DEFAULT_FILENAME}"
 
 
 def _stored_version(conn: sa.Connection) -> int | None:

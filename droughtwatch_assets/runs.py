@@ -80,7 +80,7 @@ def prepare_dagster_home() -> Path:
     A ``dagster.yaml`` that is missing, or still starts with EMBEDDED_HEADER, is (re)written
     for this folder and this machine; any other is the user's and left alone.
     """
-    home = Path(os.environ.get("DAGSTER_HOME") or Settings.from_env().dagster_home).resolve()
+    home = Settings.from_env().dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     current = config.read_text() if config.exists() else EMBEDDED_HEADER

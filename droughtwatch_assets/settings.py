@@ -1,13 +1,20 @@
-"""Where droughtwatch keeps things: one place that reads the environment.
+"""Where droughtwatch keeps things: the one place that reads the environment.
 
 Every setting has an embedded default under ``DROUGHTWATCH_HOME`` (``.droughtwatch/`` in the
 working directory), so a laptop run needs no configuration; ``.env.example`` documents them all.
+Nothing else in the package reads these variables: the CLI builds ``Settings.from_env()`` once per
+command and the code location once when it loads (``droughtwatch_assets.definitions``), and
+everything else is handed the Settings.
+
+``Settings.environment`` names the fields whose value came from the process environment: the
+code location hands those to its resources as ``dg.EnvVar``, so Dagster's UI and GraphQL show
+the variable's name, never its value (a database URL carries a password).
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 DEFAULT_HOME = ".droughtwatch"
@@ -15,6 +22,22 @@ DEFAULT_HOME = ".droughtwatch"
 # seconds under a run launcher, more as a pod) and a real shard about 0.1 s of a core: 250 is
 # half a minute of work, and 1,200 shards on two cores are 6 runs, not 12.
 DEFAULT_SHARDS_PER_RUN = 250
+
+# The variable each setting is read from.
+ENV = {
+    "home": "DROUGHTWATCH_HOME",
+    "data_root": "DROUGHTWATCH_DATA_ROOT",
+    "lake": "DROUGHTWATCH_LAKE",
+    "s3_endpoint_url": "DROUGHTWATCH_S3_ENDPOINT_URL",
+    "sensor_interval_s": "DROUGHTWATCH_SENSOR_INTERVAL",
+    "sqs_queue_url": "DROUGHTWATCH_SQS_QUEUE_URL",
+    "training_gpus": "DROUGHTWATCH_TRAINING_GPUS",
+    "ecs_gpu_capacity_provider": "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER",
+    "shards_per_run": "DROUGHTWATCH_SHARDS_PER_RUN",
+    "metrics_db_url": "DROUGHTWATCH_METRICS_DB_URL",
+    "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
+    "mlflow_artifact_root": "DROUGHTWATCH_MLFLOW_ARTIFACTS",
+}
 
 
 @dataclass(frozen=True)
@@ -28,28 +51,44 @@ class Settings:
     training_gpus: int = 0  # GPUs each training run asks its run launcher for (ECS, Kubernetes)
     ecs_gpu_capacity_provider: str = "droughtwatch-gpu"  # where ECS places GPU training runs
     shards_per_run: int = DEFAULT_SHARDS_PER_RUN  # the most shards one ingest/drop/rescore run
+    metrics_db_url: str | None = None  # None: SQLite at $DROUGHTWATCH_HOME/metrics.db
+    mlflow_tracking_uri: str | None = None  # None: SQLite under $DROUGHTWATCH_HOME/mlflow
+    mlflow_artifact_root: str | None = None  # None: the tracking server's, or under the home
+    environment: frozenset[str] = frozenset()  # fields read from this process's environment
+    # DAGSTER_HOME, Dagster's own variable (None: the embedded instance under the home). Not
+    # compared: the CLI sets it for Dagster once it has prepared the embedded instance.
+    instance_home: Path | None = field(default=None, compare=False)
 
     @classmethod
     def from_env(cls, environ: os._Environ[str] | dict[str, str] | None = None) -> Settings:
+        """The settings of this process's environment, or of `environ` (then no field counts as
+        read from the environment: a ``dg.EnvVar`` would read this process's instead)."""
         env = os.environ if environ is None else environ
-        home = Path(env.get("DROUGHTWATCH_HOME") or DEFAULT_HOME).expanduser().resolve()
+        home = Path(env.get(ENV["home"]) or DEFAULT_HOME).expanduser().resolve()
         return cls(
             home=home,
-            data_root=env.get("DROUGHTWATCH_DATA_ROOT") or str(home / "data"),
-            lake=env.get("DROUGHTWATCH_LAKE") or str(home / "lake"),
-            s3_endpoint_url=env.get("DROUGHTWATCH_S3_ENDPOINT_URL") or None,
-            sensor_interval_s=int(env.get("DROUGHTWATCH_SENSOR_INTERVAL") or 30),
-            sqs_queue_url=env.get("DROUGHTWATCH_SQS_QUEUE_URL") or None,
-            training_gpus=int(env.get("DROUGHTWATCH_TRAINING_GPUS") or 0),
-            ecs_gpu_capacity_provider=env.get("DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER")
+            data_root=env.get(ENV["data_root"]) or str(home / "data"),
+            lake=env.get(ENV["lake"]) or str(home / "lake"),
+            s3_endpoint_url=env.get(ENV["s3_endpoint_url"]) or None,
+            sensor_interval_s=int(env.get(ENV["sensor_interval_s"]) or 30),
+            sqs_queue_url=env.get(ENV["sqs_queue_url"]) or None,
+            training_gpus=int(env.get(ENV["training_gpus"]) or 0),
+            ecs_gpu_capacity_provider=env.get(ENV["ecs_gpu_capacity_provider"])
             or "droughtwatch-gpu",
-            shards_per_run=_positive(env, "DROUGHTWATCH_SHARDS_PER_RUN", DEFAULT_SHARDS_PER_RUN),
+            shards_per_run=_positive(env, ENV["shards_per_run"], DEFAULT_SHARDS_PER_RUN),
+            metrics_db_url=env.get(ENV["metrics_db_url"]) or None,
+            mlflow_tracking_uri=env.get(ENV["mlflow_tracking_uri"]) or None,
+            mlflow_artifact_root=env.get(ENV["mlflow_artifact_root"]) or None,
+            environment=frozenset(
+                name for name, variable in ENV.items() if environ is None and env.get(variable)
+            ),
+            instance_home=Path(env["DAGSTER_HOME"]).resolve() if env.get("DAGSTER_HOME") else None,
         )
 
     @property
     def dagster_home(self) -> Path:
-        """The embedded Dagster instance (SQLite) used when DAGSTER_HOME is not set."""
-        return self.home / "dagster"
+        """DAGSTER_HOME, else the embedded Dagster instance (SQLite) under the home."""
+        return self.instance_home or self.home / "dagster"
 
 
 def _positive(env, name: str, default: int) -> int:

@@ -28,7 +28,6 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-ENDPOINT_ENV = "DROUGHTWATCH_S3_ENDPOINT_URL"
 MAX_KEY_BYTES = 1024  # S3's limit; enforced locally too so both stores accept the same keys
 _COPY_BUFFER = 1 << 20
 _S3_PAGE = 1000
@@ -566,13 +565,12 @@ def _etag(raw: str) -> str:
 def open_store(uri: str, *, endpoint_url: str | None = None) -> Store:
     """'s3://bucket/prefix' -> S3Store, anything else -> LocalStore on the resolved path.
 
-    The S3 endpoint defaults to $DROUGHTWATCH_S3_ENDPOINT_URL, else boto3's own resolution
-    (which honours AWS_ENDPOINT_URL_S3).
+    Without `endpoint_url` (Settings.s3_endpoint_url), boto3's own resolution applies (AWS, or
+    AWS_ENDPOINT_URL_S3).
     """
     if uri.startswith("s3://"):
         bucket, _, prefix = uri[len("s3://") :].partition("/")
         if not bucket:
             raise ValueError(f"S3 URI {uri!r} has no bucket (expected s3://bucket/prefix)")
-        endpoint = endpoint_url or os.environ.get(ENDPOINT_ENV) or None
-        return S3Store(bucket, prefix, endpoint_url=endpoint)
+        return S3Store(bucket, prefix, endpoint_url=endpoint_url or None)
     return LocalStore(Path(uri).expanduser().resolve())

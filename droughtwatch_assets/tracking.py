@@ -36,8 +36,7 @@ MODEL_PREFIX = "droughtwatch-"
 # names its per-epoch validation metrics val_accuracy, the same names as the final validation
 # metrics a training logs once, and MLflow would mix the two series under one key.
 HISTORY_PREFIX = "epoch_"
-ARTIFACTS_ENV = "DROUGHTWATCH_MLFLOW_ARTIFACTS"
-TRACKING_ENV = "MLFLOW_TRACKING_URI"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own, which its URI setters write
 REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
 MODEL_ARTIFACT_NAME = "model"
 
@@ -47,31 +46,31 @@ _BATCH = 100  # MLflow's limit of params (and tags) per log_batch call
 _GLOBAL_URI_LOCK = threading.RLock()
 
 
-class _HasHome(Protocol):
+class _Settings(Protocol):  # droughtwatch_assets.settings.Settings, or anything shaped like it
     home: Path
+    mlflow_tracking_uri: str | None
+    mlflow_artifact_root: str | None
 
 
-def default_tracking_uri(settings: _HasHome) -> str:
+def default_tracking_uri(settings: _Settings) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else SQLite at ``$DROUGHTWATCH_HOME/mlflow/mlflow.db``."""
-    uri = os.environ.get(TRACKING_ENV)
-    if uri:
-        return uri
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
     folder = settings.home / "mlflow"
     folder.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{folder / 'mlflow.db'}"
 
 
-def default_artifact_root(settings: _HasHome) -> str | None:
+def default_artifact_root(settings: _Settings) -> str | None:
     """Where new experiments keep artifacts.
 
     ``DROUGHTWATCH_MLFLOW_ARTIFACTS`` (e.g. ``s3://bucket/mlflow``) when set; else None for a
     remote http(s) tracking server (the server's own default, e.g. its proxied artifact store);
     else the local folder ``$DROUGHTWATCH_HOME/mlflow/artifacts``.
     """
-    root = os.environ.get(ARTIFACTS_ENV)
-    if root:
-        return root
-    if os.environ.get(TRACKING_ENV, "").startswith(("http://", "https://")):
+    if settings.mlflow_artifact_root:
+        return settings.mlflow_artifact_root
+    if (settings.mlflow_tracking_uri or "").startswith(("http://", "https://")):
         return None
     return (settings.home / "mlflow" / "artifacts").as_uri()
 

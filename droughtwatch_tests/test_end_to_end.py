@@ -402,3 +402,67 @@ def test_a_bad_shard_mid_batch_and_a_range_backfill_as_the_webserver_shows_them(
     tags = {t["key"]: t["value"] for t in listed[cli_run.run_id]["tags"]}
     assert tags["droughtwatch/trigger"] == "cli"
     assert listed[cli_run.run_id]["status"] == "FAILURE"  # a shard failed: the run says so
+
+
+SECRET = "s3cr3t-7f3a9c"
+SECRETS_GRAPHQL = """
+query Secrets($repo: RepositorySelector!) {
+  allTopLevelResourceDetailsOrError(repositorySelector: $repo) {
+    __typename
+    ... on ResourceDetailsList { results { name configuredValues { key value type } } }
+  }
+  utilizedEnvVarsOrError(repositorySelector: $repo) {
+    __typename
+    ... on EnvVarWithConsumersList { results { envVarName } }
+  }
+  runsOrError { ... on Runs { results { runId runConfigYaml tags { key value } } } }
+}
+"""
+
+
+def test_secrets_in_the_environment_never_reach_the_webserver(env, sample_shard_path):
+    """A database URL, an MLflow URI and an S3 key holding a password: after a CLI run, the
+    webserver's GraphQL (what its Deployment and Runs pages show) names the variables and never
+    shows the password, neither in resources' configured values nor in a run's config or tags."""
+    home = Path(env["DROUGHTWATCH_HOME"])
+    (home / "data" / "train").mkdir(parents=True)
+    shutil.copyfile(sample_shard_path, home / "data" / "train" / "part-r-00000")
+    env = {
+        **env,
+        # Nothing listens there: an ingest run never connects to either.
+        "DROUGHTWATCH_METRICS_DB_URL": f"postgresql://droughtwatch:{SECRET}@127.0.0.1:9/metrics",
+        "MLFLOW_TRACKING_URI": f"http://droughtwatch:{SECRET}@127.0.0.1:9",
+        "AWS_ACCESS_KEY_ID": "droughtwatch",
+        "AWS_SECRET_ACCESS_KEY": SECRET,
+    }
+    run([str(BIN / "droughtwatch"), "discover", "--materialize"], env)
+
+    port = free_port()
+    web = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        data = _graphql(
+            port,
+            SECRETS_GRAPHQL,
+            {"repo": {"repositoryLocationName": "droughtwatch",
+                      "repositoryName": "__repository__"}},  # fmt: skip
+            web,
+            ready=lambda d: d["runsOrError"]["results"],
+        )
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+    assert SECRET not in json.dumps(data)
+    resources = {
+        r["name"]: {v["key"]: (v["type"], v["value"]) for v in r["configuredValues"]}
+        for r in data["allTopLevelResourceDetailsOrError"]["results"]
+    }
+    # The variables are named, so a user sees where each value comes from.
+    assert resources["metrics_db"]["url"] == ("ENV_VAR", "DROUGHTWATCH_METRICS_DB_URL")
+    assert resources["mlflow"]["tracking_uri"] == ("ENV_VAR", "MLFLOW_TRACKING_URI")
+    used = {e["envVarName"] for e in data["utilizedEnvVarsOrError"]["results"]}
+    assert {"DROUGHTWATCH_METRICS_DB_URL", "MLFLOW_TRACKING_URI"} <= used
+    [cli_run] = data["runsOrError"]["results"]
+    assert cli_run["runConfigYaml"] and cli_run["tags"]  # there was something to leak

@@ -99,12 +99,11 @@ def _monitoring(**overrides) -> dict:
     return row
 
 
-def test_database_url_default_and_env(tmp_path, monkeypatch):
-    settings = Settings(tmp_path, str(tmp_path / "data"), str(tmp_path / "lake"), None)
-    monkeypatch.delenv(metricsdb.URL_ENV, raising=False)
-    assert metricsdb.database_url(settings) == f"sqlite:///{tmp_path}/metrics.db"
-    monkeypatch.setenv(metricsdb.URL_ENV, "postgresql://u@h/db")
-    assert metricsdb.database_url(settings) == "postgresql://u@h/db"
+def test_database_url_default_and_env(tmp_path):
+    env = {"DROUGHTWATCH_HOME": str(tmp_path)}
+    assert metricsdb.database_url(Settings.from_env(env)) == f"sqlite:///{tmp_path}/metrics.db"
+    env["DROUGHTWATCH_METRICS_DB_URL"] = "postgresql://u@h/db"
+    assert metricsdb.database_url(Settings.from_env(env)) == "postgresql://u@h/db"
 
 
 def test_connect_creates_the_schema_and_records_the_version(engine):

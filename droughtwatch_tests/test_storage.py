@@ -458,8 +458,9 @@ def test_open_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert (s3.bucket, s3.prefix, s3.endpoint_url) == ("bucket", "data/root", None)
     assert open_store("s3://bucket").prefix == ""
     assert open_store("s3://b/p", endpoint_url="http://e:1").endpoint_url == "http://e:1"
+    # The variable is Settings' to read (Settings.s3_endpoint_url), never the store's own.
     monkeypatch.setenv("DROUGHTWATCH_S3_ENDPOINT_URL", "http://env:2")
-    assert open_store("s3://b/p").endpoint_url == "http://env:2"
+    assert open_store("s3://b/p").endpoint_url is None
     assert open_store("s3://b/p", endpoint_url="http://e:1").endpoint_url == "http://e:1"
     with pytest.raises(ValueError, match="no bucket"):
         open_store("s3:///p")

@@ -32,19 +32,19 @@ def tracking(store: tuple[str, str]) -> tr.Tracking:
     return tr.Tracking(*store)
 
 
-def test_default_uris(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    settings = Settings(tmp_path, str(tmp_path / "data"), str(tmp_path / "lake"), None)
-    monkeypatch.delenv(tr.TRACKING_ENV, raising=False)
-    monkeypatch.delenv(tr.ARTIFACTS_ENV, raising=False)
+def test_default_uris(tmp_path: Path):
+    env = {"DROUGHTWATCH_HOME": str(tmp_path)}
+    settings = Settings.from_env(env)
     assert tr.default_tracking_uri(settings) == f"sqlite:///{tmp_path}/mlflow/mlflow.db"
     assert (tmp_path / "mlflow").is_dir()
     assert tr.default_artifact_root(settings) == (tmp_path / "mlflow" / "artifacts").as_uri()
 
-    monkeypatch.setenv(tr.TRACKING_ENV, "http://mlflow.internal:5000")
+    env["MLFLOW_TRACKING_URI"] = "http://mlflow.internal:5000"
+    settings = Settings.from_env(env)
     assert tr.default_tracking_uri(settings) == "http://mlflow.internal:5000"
     assert tr.default_artifact_root(settings) is None  # the server decides
-    monkeypatch.setenv(tr.ARTIFACTS_ENV, "s3://models/mlflow")
-    assert tr.default_artifact_root(settings) == "s3://models/mlflow"
+    env["DROUGHTWATCH_MLFLOW_ARTIFACTS"] = "s3://models/mlflow"
+    assert tr.default_artifact_root(Settings.from_env(env)) == "s3://models/mlflow"
     assert tr.model_name("ndvi") == "droughtwatch-ndvi"
 
 

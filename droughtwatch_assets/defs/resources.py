@@ -8,7 +8,7 @@ import dagster as dg
 import sqlalchemy as sa
 
 from droughtwatch_assets import lake, metricsdb
-from droughtwatch_assets.settings import Settings
+from droughtwatch_assets.settings import ENV, Settings
 from droughtwatch_assets.storage import Store, open_store
 from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
 
@@ -105,19 +105,37 @@ def _engine(url: str) -> sa.Engine:
     return metricsdb.connect(url)
 
 
+def configured(settings: Settings, field: str, default: Any = None) -> Any:
+    """A resource field's value: ``dg.EnvVar`` naming the variable when the setting came from
+    the environment (the UI and GraphQL then show the name, never the value: a database URL
+    carries its password), else the setting itself, or `default` where that is None."""
+    if field in settings.environment:
+        return dg.EnvVar(ENV[field])
+    value = getattr(settings, field)
+    return default if value is None else value
+
+
 def build_resources(settings: Settings) -> dict[str, Any]:
+    endpoint = configured(settings, "s3_endpoint_url")
+    lake_root = configured(settings, "lake")
     return {
         "mlflow": MlflowResource(
-            tracking_uri=default_tracking_uri(settings),
-            artifact_root=default_artifact_root(settings),
-            s3_endpoint_url=settings.s3_endpoint_url,
+            tracking_uri=configured(
+                settings, "mlflow_tracking_uri", default_tracking_uri(settings)
+            ),
+            artifact_root=configured(
+                settings, "mlflow_artifact_root", default_artifact_root(settings)
+            ),
+            s3_endpoint_url=endpoint,
         ),
-        "metrics_db": MetricsDbResource(url=metricsdb.database_url(settings)),
+        "metrics_db": MetricsDbResource(
+            url=configured(settings, "metrics_db_url", metricsdb.database_url(settings))
+        ),
         "storage": StorageResource(
-            data_root=settings.data_root,
-            lake=settings.lake,
-            s3_endpoint_url=settings.s3_endpoint_url,
-            sqs_queue_url=settings.sqs_queue_url,
+            data_root=configured(settings, "data_root"),
+            lake=lake_root,
+            s3_endpoint_url=endpoint,
+            sqs_queue_url=configured(settings, "sqs_queue_url"),
         ),
-        "io_manager": LakeIOManager(lake=settings.lake, s3_endpoint_url=settings.s3_endpoint_url),
+        "io_manager": LakeIOManager(lake=lake_root, s3_endpoint_url=endpoint),
     }

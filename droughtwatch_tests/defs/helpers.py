@@ -37,13 +37,13 @@ def ingest(settings: Settings, instance: dg.DagsterInstance, key: str, **kwargs)
 def tick(settings: Settings, instance: dg.DagsterInstance, cursor: str | None = None):
     """One evaluation of drop_sensor, then what the daemon does with its result: add the
     requested partitions (the caller runs the requests)."""
-    from droughtwatch_assets.defs.ingest.sensors import drop_sensor
+    from droughtwatch_assets.defs.ingest.sensors import build_drop_sensor
 
     defs = build_definitions(settings)
     context = dg.build_sensor_context(
         instance=instance, cursor=cursor, resources={"storage": defs.resources["storage"]}
     )
-    result = drop_sensor(context)
+    result = build_drop_sensor(settings)(context)
     for request in result.dynamic_partitions_requests:
         instance.add_dynamic_partitions(request.partitions_def_name, list(request.partition_keys))
     return result

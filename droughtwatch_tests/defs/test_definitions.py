@@ -59,3 +59,36 @@ def test_asset_graph_matches_snapshot():
     assert snapshot == json.loads(SNAPSHOT.read_text()), (
         "the asset graph changed; if intended, regenerate with DROUGHTWATCH_UPDATE_SNAPSHOTS=1"
     )
+
+
+def test_build_definitions_takes_everything_from_the_settings_it_is_given(tmp_path, monkeypatch):
+    """The environment of the importing process is not what counts: two Settings, two code
+    locations, each with its own sensor interval, batch size, GPU tags and resources; values
+    read from the environment reach resources as EnvVar (their names), others as values."""
+    from droughtwatch_assets.settings import Settings
+
+    for name in ("DATA_ROOT", "SENSOR_INTERVAL", "TRAINING_GPUS"):
+        monkeypatch.delenv(f"DROUGHTWATCH_{name}", raising=False)
+    monkeypatch.setenv("DROUGHTWATCH_METRICS_DB_URL", "postgresql://u:pw@db/metrics")
+    monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path / "env"))
+    from_env = Settings.from_env()
+    given = Settings.from_env(
+        {
+            "DROUGHTWATCH_HOME": str(tmp_path),
+            "DROUGHTWATCH_SENSOR_INTERVAL": "7",
+            "DROUGHTWATCH_TRAINING_GPUS": "2",
+            "DROUGHTWATCH_METRICS_DB_URL": "sqlite:///elsewhere.db",
+        }
+    )
+    defs = build_definitions(given)
+    assert defs.get_sensor_def("drop_sensor").minimum_interval_seconds == 7
+    limits = json.loads(defs.resolve_job_def("training_job").tags["dagster-k8s/config"])
+    assert limits["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert defs.resources["metrics_db"].url == "sqlite:///elsewhere.db"
+    assert defs.resources["storage"].data_root == str(tmp_path / "data")
+
+    defs = build_definitions(from_env)
+    assert defs.get_sensor_def("drop_sensor").minimum_interval_seconds == 30
+    assert "dagster-k8s/config" not in defs.resolve_job_def("training_job").tags
+    assert defs.resources["metrics_db"].url == dg.EnvVar("DROUGHTWATCH_METRICS_DB_URL")
+    assert defs.resources["storage"].data_root == str(tmp_path / "env" / "data")

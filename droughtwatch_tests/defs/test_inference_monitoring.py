@@ -41,9 +41,13 @@ def loop(tmp_path_factory, moto_endpoint, postgres):
     home = tmp_path_factory.mktemp("loop")
     bucket = f"loop-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("DROUGHTWATCH_METRICS_DB_URL", postgres[1])
-    settings = Settings(home, f"s3://{bucket}/incoming", f"s3://{bucket}/lake", moto_endpoint)
+    settings = Settings(
+        home,
+        f"s3://{bucket}/incoming",
+        f"s3://{bucket}/lake",
+        moto_endpoint,
+        metrics_db_url=postgres[1],
+    )
     store = open_store(settings.data_root, endpoint_url=moto_endpoint)
     with dg.instance_for_test() as instance:
         for shard in iter_benchmark_shards(
@@ -59,7 +63,6 @@ def loop(tmp_path_factory, moto_endpoint, postgres):
         )
         assert trained.success
         yield settings, instance, store
-    mp.undo()
 
 
 def run_request(settings, instance, request: dg.RunRequest, **kwargs):

@@ -16,7 +16,6 @@ from mlflow import MlflowClient
 from droughtwatch_assets import metricsdb
 from droughtwatch_assets.core.synthetic import iter_benchmark_shards
 from droughtwatch_assets.definitions import build_definitions
-from droughtwatch_assets.defs.training.schedules import baseline_daily
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import open_store
 from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
@@ -163,6 +162,7 @@ def test_worse_challenger_is_refused_and_champion_stays(settings, instance, corp
 
 def test_schedule_skips_when_no_labelled_shard_changed(settings, instance, corpus):
     defs = build_definitions(settings)
+    baseline_daily = defs.get_schedule_def("baseline_daily")
     context = dg.build_schedule_context(
         instance=instance, resources={"storage": defs.resources["storage"]}
     )

@@ -36,11 +36,6 @@ def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
     return check
 
 
-_SETTINGS = Settings.from_env()
-# Seconds between ticks (DROUGHTWATCH_SENSOR_INTERVAL): a drop waits half of it on average.
-SENSOR_INTERVAL_S = _SETTINGS.sensor_interval_s
-
-
 def batch_requests(
     found: Sequence[Found],
     order: Sequence[str],
@@ -83,23 +78,40 @@ def batch_requests(
     return requests
 
 
-@dg.sensor(
-    jobs=[ingest_job, drop_job],
-    minimum_interval_seconds=SENSOR_INTERVAL_S,
-    default_status=dg.DefaultSensorStatus.RUNNING,
-    description="Finds new or rewritten shards in the data root, by listing it incrementally "
-    "(droughtwatch_assets.discovery) or, with DROUGHTWATCH_SQS_QUEUE_URL, from its S3 event "
-    "notifications (droughtwatch_assets.notifications), and requests runs of up to "
-    "DROUGHTWATCH_SHARDS_PER_RUN shards each: drop_job (ingest, predictions, monitoring) for "
-    "shards under drops/, ingest_job for others.",
-)
-def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -> dg.SensorResult:
+def build_drop_sensor(settings: Settings) -> dg.SensorDefinition:
+    """The drop sensor, ticking every DROUGHTWATCH_SENSOR_INTERVAL seconds (a drop waits half of
+    it on average) and batching up to DROUGHTWATCH_SHARDS_PER_RUN shards per run."""
+
+    @dg.sensor(
+        jobs=[ingest_job, drop_job],
+        minimum_interval_seconds=settings.sensor_interval_s,
+        default_status=dg.DefaultSensorStatus.RUNNING,
+        description="Finds new or rewritten shards in the data root, by listing it "
+        "incrementally (droughtwatch_assets.discovery) or, with DROUGHTWATCH_SQS_QUEUE_URL, from "
+        "its S3 event notifications (droughtwatch_assets.notifications), and requests runs of "
+        "up to DROUGHTWATCH_SHARDS_PER_RUN shards each: drop_job (ingest, predictions, "
+        "monitoring) for shards under drops/, ingest_job for others.",
+    )
+    def drop_sensor(
+        context: dg.SensorEvaluationContext, storage: StorageResource
+    ) -> dg.SensorResult:
+        return evaluate(context, storage, settings)
+
+    return drop_sensor
+
+
+def evaluate(
+    context: dg.SensorEvaluationContext, storage: StorageResource, settings: Settings
+) -> dg.SensorResult:
+    """One tick of the drop sensor."""
     for run_id in fail_orphaned_runs(context.instance):
         context.log.warning(f"run {run_id} lost the process executing it: marked failed")
     data_store = storage.data_store()
     already = already_ingested_in(storage.lake_store())
     if storage.sqs_queue_url:
-        found, skipped, cursor, what = _from_queue(context, storage, data_store, already)
+        found, skipped, cursor, what = _from_queue(
+            context, storage, data_store, already, settings.sensor_interval_s
+        )
     else:
         result = discover(
             data_store, DiscoveryCursor.loads(context.cursor), already_ingested=already
@@ -121,7 +133,7 @@ def drop_sensor(context: dg.SensorEvaluationContext, storage: StorageResource) -
     run_requests = batch_requests(
         found,
         [*existing, *new_keys],
-        max_per_run=_SETTINGS.shards_per_run,
+        max_per_run=settings.shards_per_run,
         parallel=batching.default_parallelism(),
     )
     context.log.info(
@@ -140,6 +152,7 @@ def _from_queue(
     storage: StorageResource,
     data_store: Store,
     already: Callable[[ObjectInfo], bool],
+    interval_s: int,
 ) -> tuple[list[Found], list[tuple[str, str]], str, str]:
     """One tick in notification mode: acknowledge the last committed tick's messages, then read
     what waits (see droughtwatch_assets.notifications for the rule)."""
@@ -157,7 +170,7 @@ def _from_queue(
     for error in errors:
         context.log.warning(f"could not delete an acknowledged message ({error}); it may return")
     # Invisible for several ticks, so the next tick deletes them before anyone sees them again.
-    visibility = min(max(10 * SENSOR_INTERVAL_S, 300), 43200)
+    visibility = min(max(10 * interval_s, 300), 43200)
     polled = poll(
         sqs, queue_url, data_store, already_ingested=already, visibility_timeout_s=visibility
     )

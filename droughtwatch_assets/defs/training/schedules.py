@@ -5,12 +5,12 @@ fingerprint equals the one the variant's last training recorded: nothing changed
 """
 
 import json
+from typing import Any
 
 import dagster as dg
 
 from droughtwatch_assets.corpus import corpus_manifest
 from droughtwatch_assets.defs.resources import StorageResource
-from droughtwatch_assets.defs.training.jobs import training_job
 from droughtwatch_assets.lake import lake_key
 from droughtwatch_assets.storage import ObjectNotFound, Store
 
@@ -44,25 +44,31 @@ def retrain_request(storage: StorageResource, variant: str) -> dg.RunRequest | d
     )
 
 
-@dg.schedule(
-    job=training_job,
-    cron_schedule="0 3 * * *",
-    execution_timezone="UTC",
-    description="Retrains baseline every day at 03:00 UTC, as the earlier project did, unless "
-    "no labelled shard changed since its last training.",
-)
-def baseline_daily(context: dg.ScheduleEvaluationContext, storage: StorageResource):
-    return retrain_request(storage, SCHEDULED_VARIANT)
+def build_training_triggers(
+    training_job: Any,
+) -> tuple[dg.ScheduleDefinition, dg.SensorDefinition]:
+    """The daily schedule and the new-labels sensor, both requesting `training_job` runs."""
 
+    @dg.schedule(
+        job=training_job,
+        cron_schedule="0 3 * * *",
+        execution_timezone="UTC",
+        description="Retrains baseline every day at 03:00 UTC, as the earlier project did, "
+        "unless no labelled shard changed since its last training.",
+    )
+    def baseline_daily(context: dg.ScheduleEvaluationContext, storage: StorageResource):
+        return retrain_request(storage, SCHEDULED_VARIANT)
 
-@dg.asset_sensor(
-    asset_key=dg.AssetKey("training_corpus"),
-    job=training_job,
-    minimum_interval_seconds=60,
-    description="When training_corpus (kept current by declarative automation) lists a changed "
-    "set of labelled shards, retrains baseline.",
-)
-def retrain_on_new_labels(
-    context: dg.SensorEvaluationContext, asset_event, storage: StorageResource
-):
-    return retrain_request(storage, SCHEDULED_VARIANT)
+    @dg.asset_sensor(
+        asset_key=dg.AssetKey("training_corpus"),
+        job=training_job,
+        minimum_interval_seconds=60,
+        description="When training_corpus (kept current by declarative automation) lists a "
+        "changed set of labelled shards, retrains baseline.",
+    )
+    def retrain_on_new_labels(
+        context: dg.SensorEvaluationContext, asset_event, storage: StorageResource
+    ):
+        return retrain_request(storage, SCHEDULED_VARIANT)
+
+    return baseline_daily, retrain_on_new_labels
