@@ -310,15 +310,16 @@ def print_scores(outcomes: list[ShardOutcome]) -> None:
 
 def scored_keys(settings: Settings, prefix: str, *, again: bool) -> list[str]:
     from droughtwatch_assets.defs.partitions import shards
+    from droughtwatch_assets.lake import BATCH_PREDICTIONS, SPECTRAL_INDICES, object_key
 
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     keys = sorted(
         k for k in runs.instance().get_dynamic_partitions(shards.name) if k.startswith(prefix)
     )
-    ingested = [k for k in keys if lake.exists(f"spectral_indices/{k}.arrow")]
+    ingested = [k for k in keys if lake.exists(object_key(SPECTRAL_INDICES, k))]
     if again:
         return ingested
-    return [k for k in ingested if not lake.exists(f"batch_predictions/{k}.parquet")]
+    return [k for k in ingested if not lake.exists(object_key(BATCH_PREDICTIONS, k))]
 
 
 def cmd_score(args: argparse.Namespace, settings: Settings) -> int:

@@ -21,12 +21,18 @@ from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.core.tfrecord import UNLABELLED
 from droughtwatch_assets.core.training import ShardSource
 from droughtwatch_assets.core.variants import BAND_FEATURES, INDEX_FEATURES, Variant
+from droughtwatch_assets.lake import (
+    FILTERED_IMAGES,
+    KINDS,
+    SPECTRAL_INDICES,
+    SUFFIXES,
+    object_key,
+)
 from droughtwatch_assets.storage import Store
 
 SPLITS = ("train", "val")
-FILTERED = "filtered_images"
-INDICES = "spectral_indices"
-SUFFIX = ".arrow"
+FILTERED, INDICES = FILTERED_IMAGES, SPECTRAL_INDICES
+SUFFIX = SUFFIXES[KINDS[FILTERED]]  # and of INDICES: both are Datasets
 
 
 @dataclass(frozen=True)
@@ -76,13 +82,11 @@ def shard_sources(lake: Store, keys: Sequence[str], variant: Variant) -> list[Sh
         def load():
             return (
                 dataset_from_arrow(
-                    lake.read_view(f"{FILTERED}/{key}{SUFFIX}"),
+                    lake.read_view(object_key(FILTERED, key)),
                     variables=["pixels"],
                     select={"band": bands},
                 ),
-                dataset_from_arrow(
-                    lake.read_view(f"{INDICES}/{key}{SUFFIX}"), variables=index_names
-                ),
+                dataset_from_arrow(lake.read_view(object_key(INDICES, key)), variables=index_names),
             )
 
         return load
@@ -92,7 +96,7 @@ def shard_sources(lake: Store, keys: Sequence[str], variant: Variant) -> list[Sh
         @functools.cache
         def count() -> int:
             # The labels alone: from a local lake only their pages are read (memory-mapped).
-            images = dataset_from_arrow(lake.read_view(f"{FILTERED}/{key}{SUFFIX}"), variables=[])
+            images = dataset_from_arrow(lake.read_view(object_key(FILTERED, key)), variables=[])
             return int(np.count_nonzero(images["label"].values != UNLABELLED))
 
         return count

@@ -20,17 +20,37 @@ import xarray as xr
 from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
 from droughtwatch_assets.storage import Store
 
+# The assets, by the names their keys, lake folders and Dagster asset keys share.
 RAW_TFRECORDS = "raw_tfrecords"
 FILTERED_IMAGES = "filtered_images"
 SPECTRAL_INDICES = "spectral_indices"
 BATCH_PREDICTIONS = "batch_predictions"
+MONITORING_METRICS = "monitoring_metrics"  # rows in the metrics database, nothing in the lake
+TRAINING_CORPUS = "training_corpus"
+TRAINED_MODEL = "trained_model"
+REGISTERED_MODEL = "registered_model"
 
 SUFFIXES = {xr.Dataset: ".arrow", pd.DataFrame: ".parquet", dict: ".json"}
+# What each asset stores per partition (a trained model's own files live in MLflow; the lake
+# keeps its training summary).
+KINDS: dict[str, type] = {
+    RAW_TFRECORDS: dict,
+    FILTERED_IMAGES: xr.Dataset,
+    SPECTRAL_INDICES: xr.Dataset,
+    BATCH_PREDICTIONS: pd.DataFrame,
+    TRAINING_CORPUS: dict,
+    TRAINED_MODEL: dict,
+}
 
 
 def lake_key(asset: str, partition: str | None, suffix: str) -> str:
     """Where an asset's partition lives in the lake: ``<asset>/<partition key><suffix>``."""
     return f"{asset}/{partition}{suffix}" if partition is not None else f"{asset}{suffix}"
+
+
+def object_key(asset: str, partition: str | None) -> str:
+    """The lake key of an asset's partition, e.g. ``spectral_indices/train/part-r-00012.arrow``."""
+    return lake_key(asset, partition, SUFFIXES[KINDS[asset]])
 
 
 def encode(obj: Any) -> tuple[str, bytes | memoryview]:

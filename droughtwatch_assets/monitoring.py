@@ -15,6 +15,7 @@ import numpy as np
 
 from droughtwatch_assets.core.drift import ReferenceProfile, reference_profile
 from droughtwatch_assets.core.imagestack import read_columns
+from droughtwatch_assets.lake import SPECTRAL_INDICES, object_key
 from droughtwatch_assets.storage import Store
 
 REFERENCE_ARTIFACT = "reference.json"
@@ -25,7 +26,8 @@ def index_summaries(lake: Store, keys: Sequence[str]) -> dict[str, np.ndarray]:
     """Per-image mean NDVI and NDMI of the given shards, reading only those two columns."""
     parts: dict[str, list[np.ndarray]] = {name: [] for name in SUMMARY_COLUMNS}
     for key in keys:
-        ds = read_columns(lake.read_bytes(f"spectral_indices/{key}.arrow"), list(SUMMARY_COLUMNS))
+        data = lake.read_bytes(object_key(SPECTRAL_INDICES, key))
+        ds = read_columns(data, list(SUMMARY_COLUMNS))
         for name in SUMMARY_COLUMNS:
             parts[name].append(ds[name].values.astype(np.float64))
     return {

@@ -180,14 +180,15 @@ def ingested_keys(
     settings: Any, prefixes: Sequence[str] = ("train/", "val/", "drops/")
 ) -> list[str]:
     """Shards whose spectral indices are in the lake, in key order."""
+    from droughtwatch_assets.lake import SPECTRAL_INDICES, object_key
     from droughtwatch_assets.storage import open_store
 
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
-    suffix = ".arrow"
+    folder, suffix = object_key(SPECTRAL_INDICES, "").split("/")  # where and what the lake keeps
     return sorted(
-        info.key.removeprefix("spectral_indices/").removesuffix(suffix)
+        info.key.removeprefix(f"{folder}/").removesuffix(suffix)
         for prefix in prefixes
-        for info in lake.list(f"spectral_indices/{prefix}")
+        for info in lake.list(f"{folder}/{prefix}")
         if info.key.endswith(suffix)
     )
 
@@ -204,6 +205,7 @@ def measure_predictions(
     from droughtwatch_assets.core.imagestack import dataset_from_arrow
     from droughtwatch_assets.core.training import predict_shard
     from droughtwatch_assets.core.variants import get_variant
+    from droughtwatch_assets.lake import FILTERED_IMAGES, SPECTRAL_INDICES, object_key
     from droughtwatch_assets.storage import open_store
     from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
 
@@ -222,8 +224,8 @@ def measure_predictions(
     started = time.perf_counter()
     shards = [
         (
-            dataset_from_arrow(lake.read_bytes(f"filtered_images/{key}.arrow")),
-            dataset_from_arrow(lake.read_bytes(f"spectral_indices/{key}.arrow")),
+            dataset_from_arrow(lake.read_bytes(object_key(FILTERED_IMAGES, key))),
+            dataset_from_arrow(lake.read_bytes(object_key(SPECTRAL_INDICES, key))),
         )
         for key in keys
     ]

@@ -32,6 +32,7 @@ from droughtwatch_assets.ingest import (
     shard_indices,
     validate_raw_shard,
 )
+from droughtwatch_assets.lake import FILTERED_IMAGES, RAW_TFRECORDS, SPECTRAL_INDICES, object_key
 from droughtwatch_assets.storage import LocalStore, ObjectNotFound
 
 # Shards of this many records are generated; bigger corpora reuse them under new names,
@@ -254,14 +255,15 @@ def ingest_shard(data_root: str, lake_root: str, key: str) -> ShardOutcome:
         raise ValueError(f"invalid shard {key}: {report.error}")
     lap(STEPS[0])
     lake.write_bytes(
-        f"raw_tfrecords/{key}.json", json.dumps(report.to_dict(), indent=1, sort_keys=True).encode()
+        object_key(RAW_TFRECORDS, key),
+        json.dumps(report.to_dict(), indent=1, sort_keys=True).encode(),
     )
     lap(STEPS[1])
     filtered, stats = filter_shard(decoded)
     del decoded
     lap(STEPS[2])
     filtered_data = dataset_to_arrow(filtered)
-    lake.write_bytes(f"filtered_images/{key}.arrow", filtered_data)
+    lake.write_bytes(object_key(FILTERED_IMAGES, key), filtered_data)
     filtered_bytes = len(filtered_data)
     del filtered_data
     lap(STEPS[3])
@@ -269,7 +271,7 @@ def ingest_shard(data_root: str, lake_root: str, key: str) -> ShardOutcome:
     del filtered
     lap(STEPS[4])
     indices_data = dataset_to_arrow(indices)
-    lake.write_bytes(f"spectral_indices/{key}.arrow", indices_data)
+    lake.write_bytes(object_key(SPECTRAL_INDICES, key), indices_data)
     lap(STEPS[5])
     return ShardOutcome(
         key=key,

@@ -11,6 +11,7 @@ import pytest
 
 from droughtwatch_assets import metricsdb
 from droughtwatch_assets.core.imagestack import dataset_from_arrow
+from droughtwatch_assets.lake import SPECTRAL_INDICES, object_key
 from droughtwatch_assets.storage import LocalStore
 from droughtwatch_tests.benchmarks import inference as bench
 
@@ -36,7 +37,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory):
 
 def kept_images(settings, key: str) -> int:
     lake = LocalStore(settings.lake)
-    return dataset_from_arrow(lake.read_bytes(f"spectral_indices/{key}.arrow")).sizes["image"]
+    data = lake.read_bytes(object_key(SPECTRAL_INDICES, key))
+    return dataset_from_arrow(data).sizes["image"]
 
 
 def test_setup_trains_a_champion_from_the_cli(setup) -> None:

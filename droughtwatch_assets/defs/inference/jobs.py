@@ -2,6 +2,7 @@
 
 import dagster as dg
 
+from droughtwatch_assets import lake
 from droughtwatch_assets.defs.run_tags import run_tags
 
 DROPS_PREFIX = "drops/"
@@ -9,18 +10,18 @@ DROPS_PREFIX = "drops/"
 drop_job = dg.define_asset_job(
     "drop_job",
     selection=dg.AssetSelection.assets(
-        "raw_tfrecords",
-        "filtered_images",
-        "spectral_indices",
-        "batch_predictions",
-        "monitoring_metrics",
+        lake.RAW_TFRECORDS,
+        lake.FILTERED_IMAGES,
+        lake.SPECTRAL_INDICES,
+        lake.BATCH_PREDICTIONS,
+        lake.MONITORING_METRICS,
     ),
     description="Dropped shards end to end: ingest, the champion's predictions, monitoring.",
     tags=run_tags("inference"),
 )
 rescore_job = dg.define_asset_job(
     "rescore_job",
-    selection=dg.AssetSelection.assets("batch_predictions", "monitoring_metrics"),
+    selection=dg.AssetSelection.assets(lake.BATCH_PREDICTIONS, lake.MONITORING_METRICS),
     description="Score already-ingested shards again (with today's champion): an explicit "
     "backfill, never triggered by a promotion.",
     tags=run_tags("inference"),

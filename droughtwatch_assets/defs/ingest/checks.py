@@ -12,6 +12,7 @@ import dagster as dg
 import numpy as np
 import xarray as xr
 
+from droughtwatch_assets import lake
 from droughtwatch_assets.core.images import FilterStats
 from droughtwatch_assets.defs.checks import evaluation
 from droughtwatch_assets.ingest import RawShardReport
@@ -47,7 +48,7 @@ def raw_checks(report: RawShardReport) -> list[dg.AssetCheckEvaluation]:
         error_metadata["error_record"] = report.error_record
     return [
         evaluation(
-            "raw_tfrecords",
+            lake.RAW_TFRECORDS,
             "schema_and_labels",
             key,
             passed=report.valid,
@@ -56,7 +57,7 @@ def raw_checks(report: RawShardReport) -> list[dg.AssetCheckEvaluation]:
             description=report.error,
         ),
         evaluation(
-            "raw_tfrecords",
+            lake.RAW_TFRECORDS,
             "has_records",
             key,
             passed=report.records > 0,
@@ -82,7 +83,7 @@ def filtered_checks(key: str, ds: xr.Dataset, stats: FilterStats) -> list[dg.Ass
     )
     return [
         evaluation(
-            "filtered_images",
+            lake.FILTERED_IMAGES,
             "kept_fraction",
             key,
             passed=kept >= MIN_KEPT_FRACTION,
@@ -95,7 +96,7 @@ def filtered_checks(key: str, ds: xr.Dataset, stats: FilterStats) -> list[dg.Ass
             },
         ),
         evaluation(
-            "filtered_images",
+            lake.FILTERED_IMAGES,
             "blank_fraction",
             key,
             passed=blank <= BLANK_WARN_FRACTION,
@@ -103,7 +104,7 @@ def filtered_checks(key: str, ds: xr.Dataset, stats: FilterStats) -> list[dg.Ass
             metadata={"blank_fraction": blank, "threshold": BLANK_WARN_FRACTION},
         ),
         evaluation(
-            "filtered_images",
+            lake.FILTERED_IMAGES,
             "pixels_schema",
             key,
             passed=bool(schema_ok),
@@ -128,7 +129,7 @@ def indices_checks(key: str, ds: xr.Dataset) -> list[dg.AssetCheckEvaluation]:
     quantised_bad = {name: int((ds[name].values < -127).sum()) for name in ("ndvi", "ndmi", "evi")}
     return [
         evaluation(
-            "spectral_indices",
+            lake.SPECTRAL_INDICES,
             "finite_values",
             key,
             passed=sum(non_finite.values()) == 0,
@@ -136,7 +137,7 @@ def indices_checks(key: str, ds: xr.Dataset) -> list[dg.AssetCheckEvaluation]:
             metadata={f"non_finite_{k}": v for k, v in non_finite.items()},
         ),
         evaluation(
-            "spectral_indices",
+            lake.SPECTRAL_INDICES,
             "index_ranges",
             key,
             passed=sum(out_of_range.values()) + sum(quantised_bad.values()) == 0,

@@ -11,7 +11,7 @@ from droughtwatch_assets.defs.ingest.jobs import ingest_job
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import StorageResource
 from droughtwatch_assets.discovery import DiscoveryCursor, Found, discover
-from droughtwatch_assets.lake import RAW_TFRECORDS, lake_key
+from droughtwatch_assets.lake import RAW_TFRECORDS, object_key
 from droughtwatch_assets.notifications import QueueCursor, acknowledge, poll, sqs_client
 from droughtwatch_assets.runs import fail_orphaned_runs, partition_tags
 from droughtwatch_assets.settings import Settings
@@ -21,7 +21,7 @@ from droughtwatch_assets.storage import ObjectInfo, S3Store, Store
 def ingested_version(lake: Store, key: str) -> str | None:
     """The source version that raw_tfrecords last validated for this shard, if any."""
     try:
-        data = lake.read_bytes(lake_key(RAW_TFRECORDS, key, ".json"))
+        data = lake.read_bytes(object_key(RAW_TFRECORDS, key))
     except KeyError:
         return None
     return json.loads(data).get("source_version")

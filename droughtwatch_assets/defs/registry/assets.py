@@ -5,7 +5,7 @@ import datetime as dt
 
 import dagster as dg
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets import lake, metricsdb
 from droughtwatch_assets.core.promotion import GateDecision, promotion_gate
 from droughtwatch_assets.core.training import evaluate
 from droughtwatch_assets.core.variants import get_variant
@@ -33,7 +33,7 @@ class GateConfig(dg.Config):
     check_specs=[
         dg.AssetCheckSpec(
             "promotion_gate",
-            asset="registered_model",
+            asset=lake.REGISTERED_MODEL,
             blocking=True,
             description="The challenger beats the majority-class baseline by the margin "
             "(macro F1) and is no worse than the champion on the same val shards.",

@@ -14,11 +14,12 @@ from droughtwatch_assets.core.variants import get_variant, with_overrides
 from droughtwatch_assets.corpus import CorpusManifest, corpus_manifest, shard_sources
 from droughtwatch_assets.defs.partitions import variants
 from droughtwatch_assets.defs.resources import MlflowResource, StorageResource
+from droughtwatch_assets.lake import FILTERED_IMAGES, SPECTRAL_INDICES
 from droughtwatch_assets.monitoring import REFERENCE_ARTIFACT, training_reference
 
 GROUP = "training"
-FILTERED = dg.AssetKey("filtered_images")
-INDICES = dg.AssetKey("spectral_indices")
+FILTERED = dg.AssetKey(FILTERED_IMAGES)
+INDICES = dg.AssetKey(SPECTRAL_INDICES)
 
 
 @dg.asset(

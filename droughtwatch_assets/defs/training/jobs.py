@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from droughtwatch_assets import lake
 from droughtwatch_assets.defs.run_tags import run_tags
 from droughtwatch_assets.settings import Settings
 
@@ -14,7 +15,9 @@ def build_training_job(settings: Settings) -> Any:
     """training_job, with the GPU request of the deployment's settings in its run tags."""
     return dg.define_asset_job(
         TRAINING_JOB,
-        selection=dg.AssetSelection.assets("training_corpus", "trained_model", "registered_model"),
+        selection=dg.AssetSelection.assets(
+            lake.TRAINING_CORPUS, lake.TRAINED_MODEL, lake.REGISTERED_MODEL
+        ),
         description="List the corpus, train one variant, register it and run the promotion gate.",
         tags=run_tags(
             "training",

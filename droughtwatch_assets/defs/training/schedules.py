@@ -11,7 +11,7 @@ import dagster as dg
 
 from droughtwatch_assets.corpus import corpus_manifest
 from droughtwatch_assets.defs.resources import StorageResource
-from droughtwatch_assets.lake import lake_key
+from droughtwatch_assets.lake import TRAINED_MODEL, TRAINING_CORPUS, object_key
 from droughtwatch_assets.storage import ObjectNotFound, Store
 
 SCHEDULED_VARIANT = "baseline"
@@ -19,7 +19,7 @@ SCHEDULED_VARIANT = "baseline"
 
 def last_trained_fingerprint(lake: Store, variant: str) -> str | None:
     try:
-        data = lake.read_bytes(lake_key("trained_model", variant, ".json"))
+        data = lake.read_bytes(object_key(TRAINED_MODEL, variant))
     except ObjectNotFound:
         return None
     return json.loads(data).get("corpus_fingerprint")
@@ -60,7 +60,7 @@ def build_training_triggers(
         return retrain_request(storage, SCHEDULED_VARIANT)
 
     @dg.asset_sensor(
-        asset_key=dg.AssetKey("training_corpus"),
+        asset_key=dg.AssetKey(TRAINING_CORPUS),
         job=training_job,
         minimum_interval_seconds=60,
         description="When training_corpus (kept current by declarative automation) lists a "
