@@ -37,37 +37,53 @@ def write_shards(store: Store, shards: Iterable, total_records: int, desc: str) 
 
 
 def cmd_sample_data(args: argparse.Namespace, settings: Settings) -> int:
+    store = open_store(args.dest or settings.data_root, endpoint_url=settings.s3_endpoint_url)
+    sample_data(
+        store,
+        train=args.train,
+        val=args.val,
+        records_per_shard=args.records_per_shard,
+        drops=args.drops,
+        records_per_drop=args.records_per_drop,
+        start_date=args.start_date,
+        seed=args.seed,
+        labelled_drops=not args.unlabelled_drops,
+    )
+    return 0
+
+
+def sample_data(
+    store: Store,
+    *,
+    train: int,
+    val: int,
+    records_per_shard: int,
+    drops: int,
+    records_per_drop: int,
+    start_date: dt.date,
+    seed: int,
+    labelled_drops: bool = True,
+) -> list[str]:
+    """Write a synthetic corpus (train/val shards, dated drops) into `store`; its keys."""
     from droughtwatch_assets.core.synthetic import iter_benchmark_shards, iter_drop_shards
 
-    store = open_store(args.dest or settings.data_root, endpoint_url=settings.s3_endpoint_url)
     keys: list[str] = []
-    if args.train or args.val:
-        keys += write_shards(
-            store,
-            iter_benchmark_shards(
-                train_records=args.train,
-                val_records=args.val,
-                records_per_shard=args.records_per_shard,
-                seed=args.seed,
-            ),
-            args.train + args.val,
-            "train/val",
+    if train or val:
+        shards = iter_benchmark_shards(
+            train_records=train, val_records=val, records_per_shard=records_per_shard, seed=seed
         )
-    if args.drops:
-        keys += write_shards(
-            store,
-            iter_drop_shards(
-                drops=args.drops,
-                records_per_drop=args.records_per_drop,
-                start_date=args.start_date,
-                seed=args.seed,
-                labelled=not args.unlabelled_drops,
-            ),
-            args.drops * args.records_per_drop,
-            "drops",
+        keys += write_shards(store, shards, train + val, "train/val")
+    if drops:
+        shards = iter_drop_shards(
+            drops=drops,
+            records_per_drop=records_per_drop,
+            start_date=start_date,
+            seed=seed,
+            labelled=labelled_drops,
         )
+        keys += write_shards(store, shards, drops * records_per_drop, "drops")
     print(f"wrote {len(keys)} shards to {store.uri}")
-    return 0
+    return keys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -117,9 +133,8 @@ def materialize_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOut
 def discover_and_materialize(
     settings: Settings, *, materialize: bool
 ) -> tuple[list, list, list[ShardOutcome]]:
-    from droughtwatch_assets.defs.ingest.sensors import already_ingested_in
     from droughtwatch_assets.defs.partitions import shards
-    from droughtwatch_assets.discovery import full_scan, unique_keys
+    from droughtwatch_assets.discovery import already_ingested_in, full_scan, unique_keys
 
     if materialize:
         runs.start_workers()  # they import while the data root is listed
@@ -371,19 +386,15 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
     if next(iter(data.list("", limit=1)), None) is None:
         print(f"generating a sample corpus in {data.uri}")
-        cmd_sample_data(
-            argparse.Namespace(
-                dest=None,
-                train=args.train,
-                val=args.val,
-                records_per_shard=args.records_per_shard,
-                drops=args.drops,
-                records_per_drop=args.records_per_drop,
-                start_date=dt.date(2024, 8, 1),
-                seed=args.seed,
-                unlabelled_drops=False,
-            ),
-            settings,
+        sample_data(
+            data,
+            train=args.train,
+            val=args.val,
+            records_per_shard=args.records_per_shard,
+            drops=args.drops,
+            records_per_drop=args.records_per_drop,
+            start_date=dt.date(2024, 8, 1),
+            seed=args.seed,
         )
     else:
         print(f"data root {data.uri} already holds data: discovering what is new")

@@ -28,12 +28,31 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from droughtwatch_assets.storage import ObjectInfo, Store
+from droughtwatch_assets.lake import RAW_TFRECORDS, object_key
+from droughtwatch_assets.storage import ObjectInfo, ObjectNotFound, Store
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
 MAX_KEY_LENGTH = 512
 DEFAULT_WINDOW_FOLDERS = 2
 DEFAULT_MAX_NEW = 500
+
+
+def ingested_version(lake: Store, key: str) -> str | None:
+    """The source version that raw_tfrecords last validated for this shard, if any."""
+    try:
+        data = lake.read_bytes(object_key(RAW_TFRECORDS, key))
+    except ObjectNotFound:
+        return None
+    return json.loads(data).get("source_version")
+
+
+def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
+    """Whether the lake already holds a raw_tfrecords report for exactly this version."""
+
+    def check(info: ObjectInfo) -> bool:
+        return ingested_version(lake, info.key) == info.version
+
+    return check
 
 
 class InvalidShardKey(ValueError):

@@ -80,10 +80,10 @@ def test_a_tick_that_fails_halfway_loses_nothing(
     for day in (7, 8, 9):
         upload(s3_settings, f"drops/2024-08-0{day}/part-r-00000", sample_shard_path.read_bytes())
 
-    from droughtwatch_assets.defs.ingest import sensors
+    from droughtwatch_assets import discovery
 
     calls = {"n": 0}
-    real = sensors.ingested_version
+    real = discovery.ingested_version
 
     def flaky(lake, key):
         calls["n"] += 1
@@ -91,7 +91,7 @@ def test_a_tick_that_fails_halfway_loses_nothing(
             raise StorageError("lake unreachable (simulated)")
         return real(lake, key)
 
-    monkeypatch.setattr(sensors, "ingested_version", flaky)
+    monkeypatch.setattr(discovery, "ingested_version", flaky)
     with pytest.raises(StorageError):
         tick(s3_settings, instance)
     assert instance.get_dynamic_partitions("shards") == []  # the failed tick changed nothing

@@ -1,6 +1,5 @@
 """The drop sensor: new shards in the data root become partitions and batched runs."""
 
-import json
 from collections.abc import Callable, Sequence
 
 import dagster as dg
@@ -10,30 +9,11 @@ from droughtwatch_assets.defs.inference.jobs import DROPS_PREFIX, drop_job
 from droughtwatch_assets.defs.ingest.jobs import ingest_job
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import StorageResource
-from droughtwatch_assets.discovery import DiscoveryCursor, Found, discover
-from droughtwatch_assets.lake import RAW_TFRECORDS, object_key
+from droughtwatch_assets.discovery import DiscoveryCursor, Found, already_ingested_in, discover
 from droughtwatch_assets.notifications import QueueCursor, acknowledge, poll, sqs_client
 from droughtwatch_assets.runs import fail_orphaned_runs, partition_tags
 from droughtwatch_assets.settings import Settings
 from droughtwatch_assets.storage import ObjectInfo, S3Store, Store
-
-
-def ingested_version(lake: Store, key: str) -> str | None:
-    """The source version that raw_tfrecords last validated for this shard, if any."""
-    try:
-        data = lake.read_bytes(object_key(RAW_TFRECORDS, key))
-    except KeyError:
-        return None
-    return json.loads(data).get("source_version")
-
-
-def already_ingested_in(lake: Store) -> Callable[[ObjectInfo], bool]:
-    """Whether the lake already holds a raw_tfrecords report for exactly this version."""
-
-    def check(info: ObjectInfo) -> bool:
-        return ingested_version(lake, info.key) == info.version
-
-    return check
 
 
 def batch_requests(
