@@ -56,7 +56,7 @@ mlflow-ui: install  ## MLflow UI alone on http://127.0.0.1:5000
 lint: install
 	$(BIN)/ruff check droughtwatch_assets droughtwatch_tests
 	@$(BIN)/droughtwatch home > /dev/null
-	$(BIN)/dagster definitions validate -m droughtwatch_assets.definitions
+	$(BIN)/dg check defs
 
 test: install tools lint  ## the whole suite
 	$(BIN)/pytest

@@ -19,18 +19,33 @@ from droughtwatch_assets.defs.training.jobs import build_training_job
 from droughtwatch_assets.defs.training.schedules import build_training_triggers
 from droughtwatch_assets.settings import Settings
 
+# Who answers for each group's assets: shown on every asset's page and in the catalog, and what
+# `owner:` selections match.
+OWNERS = {
+    "ingest": "team:data-engineering",
+    "training": "team:ml",
+    "registry": "team:ml",
+    "inference": "team:ml",
+    "monitoring": "team:ml",
+}
+
+
+def _owned_and_linked(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    """Each asset with its group's owner and a reference to the code that defines it."""
+    owned = dg.map_asset_specs(
+        lambda spec: spec.replace_attributes(owners=[OWNERS[spec.group_name]]), assets
+    )
+    return list(dg.with_source_code_references(owned))
+
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     training_job = build_training_job(settings)
     baseline_daily, retrain_on_new_labels = build_training_triggers(training_job)
     return dg.Definitions(
-        assets=[
-            build_shard_assets(),
-            training_corpus,
-            trained_model,
-            registered_model,
-        ],
+        assets=_owned_and_linked(
+            [build_shard_assets(), training_corpus, trained_model, registered_model]
+        ),
         jobs=[ingest_job, training_job, drop_job, rescore_job],
         sensors=[build_drop_sensor(settings), retrain_on_new_labels],
         schedules=[baseline_daily],

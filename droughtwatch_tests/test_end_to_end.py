@@ -377,6 +377,22 @@ def test_a_bad_shard_mid_batch_and_a_range_backfill_as_the_webserver_shows_them(
         )
         assert in_backfill == keys[4:]
 
+    # The same through `dg launch`, for one partition: a run of that partition alone.
+    run(
+        [str(BIN / "dg"), "launch", "--assets", "raw_tfrecords,filtered_images,spectral_indices",
+         "--partition", keys[0]],
+        env,
+    )  # fmt: skip
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        known = {cli_run.run_id, backfill[0].run_id}
+        [launched] = [r for r in instance.get_runs() if r.run_id not in known]
+        assert launched.status == dg.DagsterRunStatus.SUCCESS
+        assert launched.tags["dagster/partition"] == keys[0]
+        records = instance.fetch_materializations(dg.AssetKey("spectral_indices"), limit=20)
+        assert [r.partition_key for r in records.records if r.run_id == launched.run_id] == [
+            keys[0]
+        ]
+
     port = free_port()
     web = subprocess.Popen(  # as `make dev` starts it: the code location from pyproject.toml
         [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)],

@@ -92,3 +92,17 @@ def test_build_definitions_takes_everything_from_the_settings_it_is_given(tmp_pa
     assert "dagster-k8s/config" not in defs.resolve_job_def("training_job").tags
     assert defs.resources["metrics_db"].url == dg.EnvVar("DROUGHTWATCH_METRICS_DB_URL")
     assert defs.resources["storage"].data_root == str(tmp_path / "env" / "data")
+
+
+def test_every_asset_has_an_owner_and_a_link_to_its_code():
+    from droughtwatch_assets.definitions import defs
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        spec = graph.get(key)
+        assert spec.owners and spec.owners[0].startswith("team:"), key
+        references = spec.metadata["dagster/code_references"].code_references
+        assert any(
+            Path(ref.file_path).is_relative_to(Path(__file__).parents[2] / "droughtwatch_assets")
+            for ref in references
+        ), (key, references)
