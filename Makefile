@@ -32,8 +32,9 @@ $(VENV)/.synced-$(TF): pyproject.toml uv.lock | $(UV)
 
 install: $(VENV)/.synced-$(TF)  ## create or update the environment from uv.lock
 
-# checkov scans infra/ in the test suite. In the project's environment it would downgrade boto3
-# (stack notes), so it gets its own, from pinned requirements.
+# checkov scans infra/ in the test suite. Installed into the project's environment, its own pins
+# would downgrade the project's boto3, so it gets an environment of its own, from pinned
+# requirements.
 $(CHECKOV): infra/requirements-checkov.txt
 	$(PYTHON) -m venv .tools/checkov
 	.tools/checkov/bin/pip install --quiet --disable-pip-version-check -r $<

@@ -7,7 +7,7 @@ SQLite store and a local artifact folder under DROUGHTWATCH_HOME; ``MLFLOW_TRACK
 Why not dagster-mlflow: its legacy ``@resource`` starts one MLflow run per Dagster run and
 ends it in an end-of-run hook. When a job materializes only some of its assets that hook
 leaves the MLflow run RUNNING, and a later Dagster run in the same process picks the open run
-up again and logs into it (the shared stack notes, "Dagster 1.13 facts"). Here every
+up again and logs into it (seen with Dagster 1.13 and dagster-mlflow 0.29). Here every
 training opens its own run explicitly and closes it FINISHED or FAILED, whatever happens.
 """
 
@@ -231,10 +231,6 @@ class ActiveRun:
         """A JSON artifact (numpy scalars and arrays are converted)."""
         text = json.dumps(obj, indent=2, default=_json_default)
         self._client.log_text(self.run_id, text, name)
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key, value in tags.items():
-            self._client.set_tag(self.run_id, key, str(value))
 
     def log_keras_model(self, model: Any, *, input_example: np.ndarray) -> str:
         """Log a Keras model with a signature and one input example; returns its model URI.

@@ -208,7 +208,6 @@ def build_model(variant: Variant) -> keras.Model:
     when the initial weights must be reproducible."""
     import keras
 
-    variant.validate()
     inputs, x = _inputs_and_preprocessing(variant)
     outputs = _NETWORKS[variant.network](x)
     model = keras.Model(inputs, outputs, name=variant.name)

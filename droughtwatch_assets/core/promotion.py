@@ -27,8 +27,6 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-REQUIRED_METRICS = ("accuracy", "macro_f1")
-
 
 @dataclass(frozen=True)
 class GateDecision:

@@ -287,7 +287,6 @@ def _stream_dataset(
 ) -> tuple[tf.data.Dataset, _ShardStream]:
     import tensorflow as tf
 
-    variant.validate()
     _check_max_records(max_records)
     if shuffle_buffer < 1:
         raise ValueError(f"shuffle_buffer must be >= 1, got {shuffle_buffer}")
@@ -369,7 +368,6 @@ def in_memory_dataset(
     """The same batches as `make_dataset`, from in-memory arrays (x raw values, y int labels)."""
     import tensorflow as tf
 
-    variant.validate()
     x = np.asarray(x)
     y = np.asarray(y)
     expected = (IMAGE_SIDE, IMAGE_SIDE, len(variant.features))
@@ -450,7 +448,7 @@ def train_variant(
     on CPU: the same variant and shards give identical weights. With 0 epochs the untrained
     model is still evaluated. `max_records` caps the records per pass of train and of val.
     """
-    variant = with_overrides(variant, epochs=epochs).validate()
+    variant = with_overrides(variant, epochs=epochs)
     _require_sources(train, "train", variant)
     _require_sources(val, "val", variant)
     _check_max_records(max_records)

@@ -61,8 +61,9 @@ class Variant:
         """Class weights as Keras' `class_weight` expects them."""
         return {label: float(w) for label, w in enumerate(self.class_weights)}
 
-    def validate(self) -> Variant:
-        """Return self, or raise VariantError naming the variant and the first bad value."""
+    def __post_init__(self) -> None:
+        """Every Variant is valid: construction (and dataclasses.replace) raises VariantError
+        naming the variant and the first bad value."""
 
         def fail(reason: str) -> VariantError:
             return VariantError(f"variant {self.name!r}: {reason}")
@@ -114,13 +115,12 @@ class Variant:
             raise fail(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise fail(f"seed must be an integer >= 0, got {self.seed!r}")
-        return self
 
 
 _SEED_BANDS = ("B2", "B3", "B4", "B5")
 
 VARIANTS: dict[str, Variant] = {
-    v.name: v.validate()
+    v.name: v
     for v in (
         # The earlier project's four variants, with its defaults.
         Variant("baseline", _SEED_BANDS, epochs=2),
@@ -171,4 +171,4 @@ def with_overrides(
         changes["epochs"] = epochs
     if batch_size is not None:
         changes["batch_size"] = batch_size
-    return dataclasses.replace(variant, **changes).validate()
+    return dataclasses.replace(variant, **changes)

@@ -70,10 +70,9 @@ def test_params_are_flat_strings_with_every_field() -> None:
         ({"label_smoothing": 1.0}, "label_smoothing must be in [0, 1)"),
     ],
 )
-def test_validate_names_variant_and_bad_value(changes: dict, message: str) -> None:
-    bad = dataclasses.replace(VARIANTS["baseline"], name="mine", **changes)
+def test_a_bad_variant_cannot_be_made_and_the_error_names_it(changes: dict, message: str) -> None:
     with pytest.raises(VariantError) as excinfo:
-        bad.validate()
+        dataclasses.replace(VARIANTS["baseline"], name="mine", **changes)
     assert str(excinfo.value).startswith("variant 'mine': ")
     assert message in str(excinfo.value)
 

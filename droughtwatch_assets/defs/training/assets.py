@@ -135,7 +135,7 @@ def trained_model(
     the model with its signature, the Dagster run and the shards used, and the model's
     monitoring reference (``reference.json``: its predicted-label distribution on val and the
     per-image NDVI and NDMI distributions of its training shards)."""
-    variant = with_overrides(get_variant(context.partition_key), epochs=config.epochs).validate()
+    variant = with_overrides(get_variant(context.partition_key), epochs=config.epochs)
     manifest = CorpusManifest.from_dict(training_corpus)
     lake = storage.lake_store()
     train = shard_sources(lake, manifest.train, variant)
