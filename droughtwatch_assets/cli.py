@@ -15,9 +15,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from droughtwatch_assets import runs
+from droughtwatch_assets.adapters.storage import Store, open_store
 from droughtwatch_assets.runs import ShardOutcome
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import Store, open_store
 
 log = logging.getLogger("droughtwatch")
 
@@ -91,7 +91,11 @@ def sample_data(
 
 
 def cmd_download(args: argparse.Namespace, settings: Settings) -> int:
-    from droughtwatch_assets.core.download import DownloadError, download_archive, unpack_archive
+    from droughtwatch_assets.adapters.download import (
+        DownloadError,
+        download_archive,
+        unpack_archive,
+    )
 
     store = open_store(args.dest or settings.data_root, endpoint_url=settings.s3_endpoint_url)
     archive = Path(args.archive or settings.home / "downloads" / Path(args.url).name)
@@ -134,7 +138,7 @@ def discover_and_materialize(
     settings: Settings, *, materialize: bool
 ) -> tuple[list, list, list[ShardOutcome]]:
     from droughtwatch_assets.defs.partitions import shards
-    from droughtwatch_assets.discovery import already_ingested_in, full_scan, unique_keys
+    from droughtwatch_assets.pipeline.discovery import already_ingested_in, full_scan, unique_keys
 
     if materialize:
         runs.start_workers()  # they import while the data root is listed
@@ -194,7 +198,7 @@ def cmd_discover(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_mlflow_ui(args: argparse.Namespace, settings: Settings) -> int:
     """The MLflow UI on the embedded (or configured) tracking store."""
-    from droughtwatch_assets.tracking import default_artifact_root, default_tracking_uri
+    from droughtwatch_assets.adapters.tracking import default_artifact_root, default_tracking_uri
 
     mlflow = Path(sys.executable).with_name("mlflow")
     command = [
@@ -256,9 +260,13 @@ def cmd_train(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
-    from droughtwatch_assets import metricsdb
+    from droughtwatch_assets.adapters import metricsdb
+    from droughtwatch_assets.adapters.tracking import (
+        Tracking,
+        default_artifact_root,
+        default_tracking_uri,
+    )
     from droughtwatch_assets.core.variants import VARIANTS
-    from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
 
     print("variants:")
     for variant in VARIANTS.values():
@@ -325,7 +333,7 @@ def print_scores(outcomes: list[ShardOutcome]) -> None:
 
 def scored_keys(settings: Settings, prefix: str, *, again: bool) -> list[str]:
     from droughtwatch_assets.defs.partitions import shards
-    from droughtwatch_assets.lake import BATCH_PREDICTIONS, SPECTRAL_INDICES, object_key
+    from droughtwatch_assets.pipeline.lake import BATCH_PREDICTIONS, SPECTRAL_INDICES, object_key
 
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     keys = sorted(
@@ -380,8 +388,8 @@ def cmd_emulate_drops(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
-    from droughtwatch_assets import metricsdb
-    from droughtwatch_assets.tracking import default_tracking_uri
+    from droughtwatch_assets.adapters import metricsdb
+    from droughtwatch_assets.adapters.tracking import default_tracking_uri
 
     data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
     if next(iter(data.list("", limit=1)), None) is None:
@@ -437,7 +445,7 @@ def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from droughtwatch_assets.core.download import BENCHMARK_URL
+    from droughtwatch_assets.adapters.download import BENCHMARK_URL
 
     parser = argparse.ArgumentParser(prog="droughtwatch", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log every skipped object")

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from droughtwatch_assets import batching
+from droughtwatch_assets.pipeline import batching
 from droughtwatch_assets.settings import Settings
 
 if TYPE_CHECKING:

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from droughtwatch_assets.batching import (
+from droughtwatch_assets.pipeline.batching import (
     MIN_SHARDS_PER_PARALLEL_RUN,
     batch_id,
     batch_size,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from droughtwatch_assets.adapters.storage import open_store
 from droughtwatch_assets.cli import main
 from droughtwatch_assets.core.tfrecord import decode_shard
-from droughtwatch_assets.storage import open_store
 
 
 def test_sample_data_to_s3_is_deterministic(tmp_path: Path, moto_endpoint, s3_bucket, monkeypatch):

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from droughtwatch_assets.discovery import (
+from droughtwatch_assets.adapters.storage import LocalStore
+from droughtwatch_assets.pipeline.discovery import (
     DiscoveryCursor,
     InvalidShardKey,
     discover,
@@ -12,7 +13,6 @@ from droughtwatch_assets.discovery import (
     is_shard_name,
     validate_shard_key,
 )
-from droughtwatch_assets.storage import LocalStore
 
 
 @pytest.fixture

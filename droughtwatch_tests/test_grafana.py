@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets.adapters import metricsdb
 from droughtwatch_assets.core.drift import (
     TRAINING_LABEL_FRACTIONS,
     monitoring_row,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets.adapters import metricsdb
 from droughtwatch_assets.settings import Settings
 
 

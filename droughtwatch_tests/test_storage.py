@@ -12,8 +12,8 @@ import boto3
 import pytest
 from botocore.config import Config
 
-from droughtwatch_assets import storage
-from droughtwatch_assets.storage import (
+from droughtwatch_assets.adapters import storage
+from droughtwatch_assets.adapters.storage import (
     LocalStore,
     ObjectInfo,
     ObjectNotFound,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from droughtwatch_assets import tracking as tr
+from droughtwatch_assets.adapters import tracking as tr
 from droughtwatch_assets.settings import Settings
 
 # MLflow 3 sends usage telemetry from a background thread; nothing here may reach the network.

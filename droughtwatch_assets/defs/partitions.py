@@ -8,7 +8,7 @@ from droughtwatch_assets.core.variants import VARIANTS
 
 # One partition per raw shard, keyed by its path relative to the data root,
 # e.g. "train/part-r-00000" or "drops/2024-08-07/part-r-00000"
-# (droughtwatch_assets.discovery.validate_shard_key says which keys are allowed).
+# (droughtwatch_assets.pipeline.discovery.validate_shard_key says which keys are allowed).
 shards = dg.DynamicPartitionsDefinition(name="shards")
 
 # One partition per model variant (droughtwatch_assets.core.variants.VARIANTS): one asset per

@@ -7,10 +7,15 @@ from typing import Any
 import dagster as dg
 import sqlalchemy as sa
 
-from droughtwatch_assets import lake, metricsdb
+from droughtwatch_assets.adapters import metricsdb
+from droughtwatch_assets.adapters.storage import Store, open_store
+from droughtwatch_assets.adapters.tracking import (
+    Tracking,
+    default_artifact_root,
+    default_tracking_uri,
+)
+from droughtwatch_assets.pipeline import lake
 from droughtwatch_assets.settings import ENV, Settings
-from droughtwatch_assets.storage import Store, open_store
-from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
 
 
 class StorageResource(dg.ConfigurableResource):
@@ -34,9 +39,9 @@ class StorageResource(dg.ConfigurableResource):
 
 
 class LakeIOManager(dg.ConfigurableIOManager):
-    """Stores asset outputs in the lake (the layout and encodings of ``droughtwatch_assets.lake``:
-    Datasets as Arrow IPC, DataFrames as Parquet, dicts as JSON), one object per asset and
-    partition, written atomically."""
+    """Stores asset outputs in the lake (the layout and encodings of
+    ``droughtwatch_assets.pipeline.lake``: Datasets as Arrow IPC, DataFrames as Parquet, dicts as
+    JSON), one object per asset and partition, written atomically."""
 
     lake: str
     s3_endpoint_url: str | None = None
@@ -74,7 +79,7 @@ class MlflowResource(dg.ConfigurableResource):
 
     Not dagster-mlflow: its end-of-run hook leaves MLflow runs RUNNING when only some assets of
     a job are materialized, and a later run in the same process reuses that MLflow run (see
-    ``droughtwatch_assets.tracking``). Here every training starts and ends its own run.
+    ``droughtwatch_assets.adapters.tracking``). Here every training starts and ends its own run.
     """
 
     tracking_uri: str

@@ -26,7 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 import xarray as xr
 
-from droughtwatch_assets import lake
+from droughtwatch_assets.adapters.storage import ObjectNotFound, StorageError
 from droughtwatch_assets.core.images import CLOUD_MAX_FRACTION, CloudPolicy
 from droughtwatch_assets.core.variants import get_variant
 from droughtwatch_assets.defs.inference import assets as inference
@@ -34,7 +34,7 @@ from droughtwatch_assets.defs.ingest import assets as ingest
 from droughtwatch_assets.defs.monitoring import assets as monitoring
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
-from droughtwatch_assets.storage import ObjectNotFound, StorageError
+from droughtwatch_assets.pipeline import lake
 
 INGEST = frozenset(ingest.KEYS)
 SCORING = frozenset({inference.PREDICTIONS, monitoring.MONITORING})
@@ -273,7 +273,7 @@ def build_shard_assets() -> dg.AssetsDefinition:
     A backfill (from the UI, or `dagster asset materialize --partition-range`, which Dagster
     allows only under this policy) is one run over its whole range: the op streams the shards
     with bounded memory. The sensor and the CLI split their work into runs of at most
-    DROUGHTWATCH_SHARDS_PER_RUN themselves (`droughtwatch_assets.batching`)."""
+    DROUGHTWATCH_SHARDS_PER_RUN themselves (`droughtwatch_assets.pipeline.batching`)."""
 
     @dg.multi_asset(
         name="process_shards",

@@ -393,7 +393,7 @@ def measure_served(
     backfill and the lone drops; `droughtwatch score --again` after it stops."""
     import dagster as dg
 
-    from droughtwatch_assets import metricsdb
+    from droughtwatch_assets.adapters import metricsdb
 
     home = fresh_home(work, "served-home")
     drops_root = home / "drop-root"  # the data root dagster dev watches: drops only
@@ -523,11 +523,15 @@ def model_predictions(
     256 (`predict_shards`), the shards read from the lake before the clock starts, no Dagster."""
     import xarray as xr
 
-    from droughtwatch_assets import lake as lake_layout
+    from droughtwatch_assets.adapters.storage import open_store
+    from droughtwatch_assets.adapters.tracking import (
+        Tracking,
+        default_artifact_root,
+        default_tracking_uri,
+    )
     from droughtwatch_assets.core.training import predict_shards
     from droughtwatch_assets.core.variants import get_variant
-    from droughtwatch_assets.storage import open_store
-    from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
+    from droughtwatch_assets.pipeline import lake as lake_layout
 
     variant = get_variant(inference.VARIANT)
     started = time.perf_counter()

@@ -129,7 +129,11 @@ def _cli(*args: str) -> None:
 
 def champion_version(settings: Any) -> str | None:
     """The version the `baseline` champion alias points at in the home's tracking store."""
-    from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
+    from droughtwatch_assets.adapters.tracking import (
+        Tracking,
+        default_artifact_root,
+        default_tracking_uri,
+    )
 
     tracking = Tracking(default_tracking_uri(settings), default_artifact_root(settings))
     return tracking.alias_version(VARIANT, CHAMPION)
@@ -180,8 +184,8 @@ def ingested_keys(
     settings: Any, prefixes: Sequence[str] = ("train/", "val/", "drops/")
 ) -> list[str]:
     """Shards whose spectral indices are in the lake, in key order."""
-    from droughtwatch_assets.lake import SPECTRAL_INDICES, object_key
-    from droughtwatch_assets.storage import open_store
+    from droughtwatch_assets.adapters.storage import open_store
+    from droughtwatch_assets.pipeline.lake import SPECTRAL_INDICES, object_key
 
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     folder, suffix = object_key(SPECTRAL_INDICES, "").split("/")  # where and what the lake keeps
@@ -202,12 +206,16 @@ def measure_predictions(
     `repeats` warm passes over all shards."""
     import keras  # imported before the clock starts: the import is not the model load
 
+    from droughtwatch_assets.adapters.storage import open_store
+    from droughtwatch_assets.adapters.tracking import (
+        Tracking,
+        default_artifact_root,
+        default_tracking_uri,
+    )
     from droughtwatch_assets.core.imagestack import dataset_from_arrow
     from droughtwatch_assets.core.training import predict_shard
     from droughtwatch_assets.core.variants import get_variant
-    from droughtwatch_assets.lake import FILTERED_IMAGES, SPECTRAL_INDICES, object_key
-    from droughtwatch_assets.storage import open_store
-    from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
+    from droughtwatch_assets.pipeline.lake import FILTERED_IMAGES, SPECTRAL_INDICES, object_key
 
     if not keys:
         raise BenchmarkError(f"no ingested shards in {settings.lake}: nothing to predict")
@@ -467,7 +475,7 @@ def monitoring_recorded_at(engine: Any, shard_key: str) -> float | None:
     """When monitoring_metrics wrote its row for the shard (epoch seconds), if it has."""
     import sqlalchemy as sa
 
-    from droughtwatch_assets.metricsdb import monitoring_metrics
+    from droughtwatch_assets.adapters.metricsdb import monitoring_metrics
 
     with engine.connect() as conn:
         found = conn.execute(
@@ -506,8 +514,8 @@ def measure_latency(bench: BenchSettings, settings: Any, *, log: Log = _log) -> 
     `latency_drops` drops one after another and time each from upload to its metrics row."""
     import dagster as dg
 
-    from droughtwatch_assets import metricsdb
-    from droughtwatch_assets.storage import open_store
+    from droughtwatch_assets.adapters import metricsdb
+    from droughtwatch_assets.adapters.storage import open_store
 
     home = Path(settings.home)
     source_store = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)

@@ -24,16 +24,21 @@ from typing import Any
 
 import numpy as np
 
+from droughtwatch_assets.adapters.storage import LocalStore, ObjectNotFound
 from droughtwatch_assets.core.imagestack import dataset_to_arrow
 from droughtwatch_assets.core.synthetic import generate_shard, iter_benchmark_shards
 from droughtwatch_assets.core.tfrecord import BAND_BYTES, BANDS, IMAGE_SIDE, LABEL_FEATURE
-from droughtwatch_assets.ingest import (
+from droughtwatch_assets.pipeline.ingest import (
     filter_shard,
     shard_indices,
     validate_raw_shard,
 )
-from droughtwatch_assets.lake import FILTERED_IMAGES, RAW_TFRECORDS, SPECTRAL_INDICES, object_key
-from droughtwatch_assets.storage import LocalStore, ObjectNotFound
+from droughtwatch_assets.pipeline.lake import (
+    FILTERED_IMAGES,
+    RAW_TFRECORDS,
+    SPECTRAL_INDICES,
+    object_key,
+)
 
 # Shards of this many records are generated; bigger corpora reuse them under new names,
 # because generation (about 1.2 ms/record) would otherwise dominate the benchmark's runtime.

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets.adapters import metricsdb
+from droughtwatch_assets.adapters.storage import LocalStore
 from droughtwatch_assets.core.imagestack import dataset_from_arrow
-from droughtwatch_assets.lake import SPECTRAL_INDICES, object_key
-from droughtwatch_assets.storage import LocalStore
+from droughtwatch_assets.pipeline.lake import SPECTRAL_INDICES, object_key
 from droughtwatch_tests.benchmarks import inference as bench
 
 # 6 epochs: at 2, a baseline trained on 800 records passes the promotion gate for some seeds and

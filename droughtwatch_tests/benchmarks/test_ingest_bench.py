@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
+from droughtwatch_assets.adapters.storage import LocalStore
 from droughtwatch_assets.core.imagestack import dataset_from_arrow
-from droughtwatch_assets.storage import LocalStore
 from droughtwatch_tests.benchmarks import ingest as bench
 
 RECORDS, PER_SHARD = 300, 100

@@ -6,12 +6,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from droughtwatch_assets.adapters.storage import LocalStore
 from droughtwatch_assets.core.indices import compute_indices, quantise
 from droughtwatch_assets.core.synthetic import generate_images
 from droughtwatch_assets.core.training import shard_features
 from droughtwatch_assets.core.variants import ALL_FEATURES, get_variant
-from droughtwatch_assets.corpus import shard_sources
-from droughtwatch_assets.storage import LocalStore
+from droughtwatch_assets.pipeline.corpus import shard_sources
 from droughtwatch_tests.benchmarks import gpu_epoch
 from droughtwatch_tests.benchmarks import ingest as ingest_bench
 from droughtwatch_tests.benchmarks import training as bench

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 
+from droughtwatch_assets.adapters.storage import LocalStore
 from droughtwatch_assets.core.imagestack import CODEC_VERSION, LZ4_ACCELERATION
 from droughtwatch_assets.core.tfrecord import IMAGE_SIDE, LABEL_FEATURE
 from droughtwatch_assets.core.training import ShardSource, shard_features
 from droughtwatch_assets.core.variants import Variant, get_variant
-from droughtwatch_assets.corpus import shard_sources
-from droughtwatch_assets.storage import LocalStore
+from droughtwatch_assets.pipeline.corpus import shard_sources
 from droughtwatch_tests.benchmarks.ingest import (
     DEFAULT_CACHE,
     DEFAULT_RECORDS_PER_SHARD,

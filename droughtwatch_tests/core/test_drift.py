@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets.adapters import metricsdb
 from droughtwatch_assets.core import drift
 from droughtwatch_assets.core.drift import (
     JS_DISTANCE_MAX,

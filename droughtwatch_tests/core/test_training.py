@@ -161,8 +161,8 @@ def test_lake_sources_count_their_labelled_images_and_give_the_stream_a_known_le
     unknown; the lake's sources count their labelled images so make_dataset knows it."""
     import tensorflow as tf
 
-    from droughtwatch_assets.corpus import shard_sources
-    from droughtwatch_assets.storage import LocalStore
+    from droughtwatch_assets.adapters.storage import LocalStore
+    from droughtwatch_assets.pipeline.corpus import shard_sources
 
     lake = LocalStore(tmp_path / "lake")
     shards = {f"train/part-r-{i:05d}": make_shard(30, 200 + i, unlabelled=4 * i) for i in range(3)}

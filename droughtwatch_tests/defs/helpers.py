@@ -12,7 +12,7 @@ from droughtwatch_assets.settings import Settings
 
 
 def put_sample(settings: Settings, key: str, sample_shard_path: Path) -> None:
-    from droughtwatch_assets.storage import open_store
+    from droughtwatch_assets.adapters.storage import open_store
 
     open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url).write_bytes(
         key, sample_shard_path.read_bytes()

@@ -8,8 +8,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from droughtwatch_assets.adapters.storage import LocalStore, StorageError, open_store
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import LocalStore, StorageError, open_store
 from droughtwatch_tests.defs.helpers import copy_sample, execute_request, requested_keys, tick
 
 KEYS = [f"train/part-r-{i:05d}" for i in range(5)]

@@ -6,8 +6,8 @@ import boto3
 import dagster as dg
 import pytest
 
+from droughtwatch_assets.adapters.storage import StorageError, open_store
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import StorageError, open_store
 from droughtwatch_tests.defs.helpers import ingest, requested_keys, tick
 
 DROP = "drops/2024-08-07/part-r-00000"
@@ -80,7 +80,7 @@ def test_a_tick_that_fails_halfway_loses_nothing(
     for day in (7, 8, 9):
         upload(s3_settings, f"drops/2024-08-0{day}/part-r-00000", sample_shard_path.read_bytes())
 
-    from droughtwatch_assets import discovery
+    from droughtwatch_assets.pipeline import discovery
 
     calls = {"n": 0}
     real = discovery.ingested_version
@@ -109,7 +109,7 @@ def test_a_tick_that_fails_halfway_loses_nothing(
 def test_cost_of_a_tick_grows_with_what_is_new(s3_settings, instance, monkeypatch):
     from concurrent.futures import ThreadPoolExecutor
 
-    from droughtwatch_assets.discovery import DiscoveryCursor, discover
+    from droughtwatch_assets.pipeline.discovery import DiscoveryCursor, discover
 
     client = boto3.client("s3", endpoint_url=s3_settings.s3_endpoint_url)
     bucket, prefix = s3_settings.data_root.removeprefix("s3://").split("/", 1)
@@ -126,7 +126,7 @@ def test_cost_of_a_tick_grows_with_what_is_new(s3_settings, instance, monkeypatc
         store, DiscoveryCursor(), already_ingested=lambda info: True, max_new=5000
     ).cursor.dumps()
 
-    import droughtwatch_assets.storage as storage_module
+    import droughtwatch_assets.adapters.storage as storage_module
 
     calls: list[str] = []
     real_client = storage_module._s3_client

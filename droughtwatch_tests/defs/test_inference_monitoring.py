@@ -12,11 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets.adapters import metricsdb
+from droughtwatch_assets.adapters.storage import StorageError, open_store
 from droughtwatch_assets.core.synthetic import iter_benchmark_shards, iter_drop_shards
 from droughtwatch_assets.definitions import build_definitions
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import StorageError, open_store
 from droughtwatch_tests.defs.helpers import ingest, tick
 
 pytestmark = pytest.mark.slow
@@ -157,7 +157,7 @@ def test_no_champion_is_a_clear_failure(loop):
 
 def test_transient_s3_fault_is_retried(loop, monkeypatch):
     settings, instance, _ = loop
-    from droughtwatch_assets.storage import S3Store
+    from droughtwatch_assets.adapters.storage import S3Store
 
     real = S3Store.read_bytes
     calls = {"n": 0}

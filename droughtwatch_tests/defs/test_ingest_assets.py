@@ -7,9 +7,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from droughtwatch_assets.adapters.storage import open_store
 from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import open_store
 from droughtwatch_tests.defs.helpers import copy_sample, ingest
 
 KEY = "train/part-r-00012"

@@ -12,9 +12,9 @@ import boto3
 import dagster as dg
 import pytest
 
-from droughtwatch_assets import notifications
+from droughtwatch_assets.adapters import notifications
+from droughtwatch_assets.adapters.storage import open_store
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import open_store
 from droughtwatch_tests.defs.helpers import ingest, tick
 
 DROP = "drops/2024-08-07/part-r-00000"
@@ -78,7 +78,7 @@ def test_new_drop_arrives_through_the_queue_without_listing(
     upload(queue_settings, "drops/2024-08-07/_SUCCESS", b"")
 
     # The bucket is never listed in notification mode.
-    from droughtwatch_assets.storage import S3Store
+    from droughtwatch_assets.adapters.storage import S3Store
 
     def no_listing(*args, **kwargs):
         raise AssertionError("the sensor listed the bucket")

@@ -13,12 +13,16 @@ import dagster as dg
 import pytest
 from mlflow import MlflowClient
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets.adapters import metricsdb
+from droughtwatch_assets.adapters.storage import open_store
+from droughtwatch_assets.adapters.tracking import (
+    Tracking,
+    default_artifact_root,
+    default_tracking_uri,
+)
 from droughtwatch_assets.core.synthetic import iter_benchmark_shards
 from droughtwatch_assets.definitions import build_definitions
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import open_store
-from droughtwatch_assets.tracking import Tracking, default_artifact_root, default_tracking_uri
 from droughtwatch_tests.defs.helpers import ingest
 
 pytestmark = pytest.mark.slow

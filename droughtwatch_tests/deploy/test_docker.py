@@ -454,7 +454,7 @@ def test_postgres_init_script_serves_every_database_url_of_the_stack(tmp_path: P
     import psycopg2
     import sqlalchemy as sa
 
-    from droughtwatch_assets import metricsdb
+    from droughtwatch_assets.adapters import metricsdb
 
     # pgserver's initdb/pg_ctl start has failed now and then on this shared 2-core machine while
     # other suites ran; one more try on a fresh folder keeps the test about the init script.

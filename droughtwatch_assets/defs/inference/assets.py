@@ -9,18 +9,17 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from droughtwatch_assets import lake
+from droughtwatch_assets.adapters.storage import Store
+from droughtwatch_assets.adapters.tracking import Tracking, model_name
 from droughtwatch_assets.core.training import predict_shards
 from droughtwatch_assets.core.variants import Variant
 from droughtwatch_assets.defs import checks as shard_checks
-from droughtwatch_assets.defs.ingest.assets import FILTERED, INDICES
+from droughtwatch_assets.defs.keys import FILTERED, INDICES, PREDICTIONS
 from droughtwatch_assets.defs.partitions import shards
-from droughtwatch_assets.storage import Store
-from droughtwatch_assets.tracking import Tracking, model_name
+from droughtwatch_assets.pipeline import lake
 
 GROUP = "inference"
 CHAMPION = "champion"
-PREDICTIONS = dg.AssetKey(lake.BATCH_PREDICTIONS)
 PROBABILITY_TOLERANCE = 1e-3
 
 SPEC = dg.AssetSpec(

@@ -2,10 +2,8 @@
 
 import dagster as dg
 
-from droughtwatch_assets import lake
 from droughtwatch_assets.defs.run_tags import run_tags
-
-DROPS_PREFIX = "drops/"
+from droughtwatch_assets.pipeline import lake
 
 drop_job = dg.define_asset_job(
     "drop_job",

@@ -15,24 +15,22 @@ import dagster as dg
 import numpy as np
 import xarray as xr
 
-from droughtwatch_assets import lake
+from droughtwatch_assets.adapters.storage import ObjectNotFound, Store
 from droughtwatch_assets.core.images import CloudPolicy
 from droughtwatch_assets.defs import checks as shard_checks
 from droughtwatch_assets.defs.ingest import checks
+from droughtwatch_assets.defs.keys import FILTERED, INDICES, RAW
 from droughtwatch_assets.defs.partitions import shards
-from droughtwatch_assets.ingest import (
+from droughtwatch_assets.pipeline import lake
+from droughtwatch_assets.pipeline.ingest import (
     RawShardReport,
     filter_shard,
     read_validated,
     shard_indices,
     validate_raw_shard,
 )
-from droughtwatch_assets.storage import ObjectNotFound, Store
 
 GROUP = "ingest"
-RAW = dg.AssetKey(lake.RAW_TFRECORDS)
-FILTERED = dg.AssetKey(lake.FILTERED_IMAGES)
-INDICES = dg.AssetKey(lake.SPECTRAL_INDICES)
 KEYS = (RAW, FILTERED, INDICES)
 
 SPECS = [

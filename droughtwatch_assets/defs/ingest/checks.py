@@ -12,10 +12,10 @@ import dagster as dg
 import numpy as np
 import xarray as xr
 
-from droughtwatch_assets import lake
 from droughtwatch_assets.core.images import FilterStats
 from droughtwatch_assets.defs.checks import evaluation
-from droughtwatch_assets.ingest import RawShardReport
+from droughtwatch_assets.pipeline import lake
+from droughtwatch_assets.pipeline.ingest import RawShardReport
 
 BLANK_WARN_FRACTION = 0.10  # the benchmark has about 2 % blank images; 10 % means a bad scene
 MIN_KEPT_FRACTION = 0.50  # fewer kept images than this means the filters or the data are off

@@ -4,16 +4,22 @@ from collections.abc import Callable, Sequence
 
 import dagster as dg
 
-from droughtwatch_assets import batching
-from droughtwatch_assets.defs.inference.jobs import DROPS_PREFIX, drop_job
+from droughtwatch_assets.adapters.notifications import QueueCursor, acknowledge, poll, sqs_client
+from droughtwatch_assets.adapters.storage import ObjectInfo, S3Store, Store
+from droughtwatch_assets.defs.inference.jobs import drop_job
 from droughtwatch_assets.defs.ingest.jobs import ingest_job
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import StorageResource
-from droughtwatch_assets.discovery import DiscoveryCursor, Found, already_ingested_in, discover
-from droughtwatch_assets.notifications import QueueCursor, acknowledge, poll, sqs_client
+from droughtwatch_assets.pipeline import batching
+from droughtwatch_assets.pipeline.discovery import (
+    DROPS_PREFIX,
+    DiscoveryCursor,
+    Found,
+    already_ingested_in,
+    discover,
+)
 from droughtwatch_assets.runs import fail_orphaned_runs, partition_tags
 from droughtwatch_assets.settings import Settings
-from droughtwatch_assets.storage import ObjectInfo, S3Store, Store
 
 
 def batch_requests(
@@ -25,8 +31,8 @@ def batch_requests(
 ) -> list[dg.RunRequest]:
     """Run requests for the found shards: drops go to drop_job (ingest, predictions,
     monitoring), other shards to ingest_job; each job's shards in batches of partitions that are
-    adjacent in `order` (see droughtwatch_assets.batching). A lone new shard is a run of its own,
-    requested at once: nothing waits for a batch to fill.
+    adjacent in `order` (see droughtwatch_assets.pipeline.batching). A lone new shard is a run
+    of its own, requested at once: nothing waits for a batch to fill.
 
     Run keys name the batch's shards and versions, so a replayed tick asks for the same runs."""
     by_key = {f.key: f for f in found}
@@ -67,10 +73,11 @@ def build_drop_sensor(settings: Settings) -> dg.SensorDefinition:
         minimum_interval_seconds=settings.sensor_interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Finds new or rewritten shards in the data root, by listing it "
-        "incrementally (droughtwatch_assets.discovery) or, with DROUGHTWATCH_SQS_QUEUE_URL, from "
-        "its S3 event notifications (droughtwatch_assets.notifications), and requests runs of "
-        "up to DROUGHTWATCH_SHARDS_PER_RUN shards each: drop_job (ingest, predictions, "
-        "monitoring) for shards under drops/, ingest_job for others.",
+        "incrementally (droughtwatch_assets.pipeline.discovery) or, with "
+        "DROUGHTWATCH_SQS_QUEUE_URL, from its S3 event notifications "
+        "(droughtwatch_assets.adapters.notifications), and requests runs of up to "
+        "DROUGHTWATCH_SHARDS_PER_RUN shards each: drop_job (ingest, predictions, monitoring) "
+        "for shards under drops/, ingest_job for others.",
     )
     def drop_sensor(
         context: dg.SensorEvaluationContext, storage: StorageResource
@@ -135,7 +142,7 @@ def _from_queue(
     interval_s: int,
 ) -> tuple[list[Found], list[tuple[str, str]], str, str]:
     """One tick in notification mode: acknowledge the last committed tick's messages, then read
-    what waits (see droughtwatch_assets.notifications for the rule)."""
+    what waits (see droughtwatch_assets.adapters.notifications for the rule)."""
     queue_url = storage.sqs_queue_url
     assert queue_url
     if not isinstance(data_store, S3Store):

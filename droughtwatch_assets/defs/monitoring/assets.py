@@ -10,17 +10,15 @@ import pandas as pd
 import sqlalchemy as sa
 import xarray as xr
 
-from droughtwatch_assets import metricsdb
+from droughtwatch_assets.adapters import metricsdb
+from droughtwatch_assets.adapters.tracking import Tracking
 from droughtwatch_assets.core.drift import monitoring_row
 from droughtwatch_assets.defs import checks as shard_checks
-from droughtwatch_assets.defs.inference.assets import PREDICTIONS
-from droughtwatch_assets.defs.ingest.assets import INDICES
+from droughtwatch_assets.defs.keys import INDICES, MONITORING, PREDICTIONS
 from droughtwatch_assets.defs.partitions import shards
-from droughtwatch_assets.monitoring import REFERENCE_ARTIFACT, profiles
-from droughtwatch_assets.tracking import Tracking
+from droughtwatch_assets.pipeline.monitoring import REFERENCE_ARTIFACT, profiles
 
 GROUP = "monitoring"
-MONITORING = dg.AssetKey("monitoring_metrics")
 DRIFT_THRESHOLD = 0.25  # the earlier project's dashboard alerted above 0.25
 
 SPEC = dg.AssetSpec(

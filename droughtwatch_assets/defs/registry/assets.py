@@ -5,14 +5,15 @@ import datetime as dt
 
 import dagster as dg
 
-from droughtwatch_assets import lake, metricsdb
+from droughtwatch_assets.adapters import metricsdb
+from droughtwatch_assets.adapters.tracking import model_name
 from droughtwatch_assets.core.promotion import GateDecision, promotion_gate
 from droughtwatch_assets.core.training import evaluate
 from droughtwatch_assets.core.variants import get_variant
-from droughtwatch_assets.corpus import shard_sources
 from droughtwatch_assets.defs.partitions import variants
 from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
-from droughtwatch_assets.tracking import model_name
+from droughtwatch_assets.pipeline import lake
+from droughtwatch_assets.pipeline.corpus import shard_sources
 
 GROUP = "registry"
 CHALLENGER, CHAMPION = "challenger", "champion"

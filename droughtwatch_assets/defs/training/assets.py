@@ -11,15 +11,13 @@ from droughtwatch_assets.core.training import (
     train_variant,
 )
 from droughtwatch_assets.core.variants import get_variant, with_overrides
-from droughtwatch_assets.corpus import CorpusManifest, corpus_manifest, shard_sources
+from droughtwatch_assets.defs.keys import FILTERED, INDICES
 from droughtwatch_assets.defs.partitions import variants
 from droughtwatch_assets.defs.resources import MlflowResource, StorageResource
-from droughtwatch_assets.lake import FILTERED_IMAGES, SPECTRAL_INDICES
-from droughtwatch_assets.monitoring import REFERENCE_ARTIFACT, training_reference
+from droughtwatch_assets.pipeline.corpus import CorpusManifest, corpus_manifest, shard_sources
+from droughtwatch_assets.pipeline.monitoring import REFERENCE_ARTIFACT, training_reference
 
 GROUP = "training"
-FILTERED = dg.AssetKey(FILTERED_IMAGES)
-INDICES = dg.AssetKey(SPECTRAL_INDICES)
 
 
 @dg.asset(

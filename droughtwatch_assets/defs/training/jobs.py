@@ -4,8 +4,8 @@ from typing import Any
 
 import dagster as dg
 
-from droughtwatch_assets import lake
 from droughtwatch_assets.defs.run_tags import run_tags
+from droughtwatch_assets.pipeline import lake
 from droughtwatch_assets.settings import Settings
 
 TRAINING_JOB = "training_job"

@@ -9,10 +9,10 @@ from typing import Any
 
 import dagster as dg
 
-from droughtwatch_assets.corpus import corpus_manifest
+from droughtwatch_assets.adapters.storage import ObjectNotFound, Store
 from droughtwatch_assets.defs.resources import StorageResource
-from droughtwatch_assets.lake import TRAINED_MODEL, TRAINING_CORPUS, object_key
-from droughtwatch_assets.storage import ObjectNotFound, Store
+from droughtwatch_assets.pipeline.corpus import corpus_manifest
+from droughtwatch_assets.pipeline.lake import TRAINED_MODEL, TRAINING_CORPUS, object_key
 
 SCHEDULED_VARIANT = "baseline"
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.core.drift import ReferenceProfile, reference_profile
 from droughtwatch_assets.core.imagestack import read_columns
-from droughtwatch_assets.lake import SPECTRAL_INDICES, object_key
-from droughtwatch_assets.storage import Store
+from droughtwatch_assets.pipeline.lake import SPECTRAL_INDICES, object_key
 
 REFERENCE_ARTIFACT = "reference.json"
 SUMMARY_COLUMNS = ("ndvi_mean", "ndmi_mean")

@@ -17,8 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xarray as xr
 
+from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
-from droughtwatch_assets.storage import Store
 
 # The assets, by the names their keys, lake folders and Dagster asset keys share.
 RAW_TFRECORDS = "raw_tfrecords"

@@ -28,12 +28,13 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from droughtwatch_assets.lake import RAW_TFRECORDS, object_key
-from droughtwatch_assets.storage import ObjectInfo, ObjectNotFound, Store
+from droughtwatch_assets.adapters.storage import ObjectInfo, ObjectNotFound, Store
+from droughtwatch_assets.pipeline.lake import RAW_TFRECORDS, object_key
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
 MAX_KEY_LENGTH = 512
 DEFAULT_WINDOW_FOLDERS = 2
+DROPS_PREFIX = "drops/"  # dated drops, drops/<YYYY-MM-DD>/part-r-*: scored as they arrive
 DEFAULT_MAX_NEW = 500
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import google_crc32c
 import xarray as xr
 
+from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.core.images import (
     CLOUD_MAX_FRACTION,
     CloudPolicy,
@@ -27,7 +28,6 @@ from droughtwatch_assets.core.tfrecord import (
     ShardFormatError,
     decode_shard,
 )
-from droughtwatch_assets.storage import Store
 
 
 def shard_checksum(data: bytes) -> str:

@@ -17,18 +17,18 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.core.tfrecord import UNLABELLED
 from droughtwatch_assets.core.training import ShardSource
 from droughtwatch_assets.core.variants import BAND_FEATURES, INDEX_FEATURES, Variant
-from droughtwatch_assets.lake import (
+from droughtwatch_assets.pipeline.lake import (
     FILTERED_IMAGES,
     KINDS,
     SPECTRAL_INDICES,
     SUFFIXES,
     object_key,
 )
-from droughtwatch_assets.storage import Store
 
 SPLITS = ("train", "val")
 FILTERED, INDICES = FILTERED_IMAGES, SPECTRAL_INDICES

@@ -31,8 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from droughtwatch_assets.discovery import Found, classify
-from droughtwatch_assets.storage import ObjectInfo, S3Store, Store
+from droughtwatch_assets.adapters.storage import ObjectInfo, S3Store, Store
+from droughtwatch_assets.pipeline.discovery import Found, classify
 
 SQS_BATCH = 10  # SQS's own limit for ReceiveMessage and DeleteMessageBatch
 

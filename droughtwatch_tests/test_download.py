@@ -17,7 +17,7 @@ from typing import BinaryIO
 
 import pytest
 
-from droughtwatch_assets.core.download import (
+from droughtwatch_assets.adapters.download import (
     BENCHMARK_URL,
     DownloadError,
     benchmark_key,
@@ -312,7 +312,7 @@ def test_unpack_streams_only_shards(
     def put(key: str, fileobj: BinaryIO) -> None:
         stored[key] = fileobj.read()
 
-    with caplog.at_level(logging.INFO, logger="droughtwatch_assets.core.download"):
+    with caplog.at_level(logging.INFO, logger="droughtwatch_assets.adapters.download"):
         keys = unpack_archive(zip_path, put, progress=False)
     assert keys == ["train/part-r-00012"]
     assert list(stored) == keys
@@ -352,8 +352,8 @@ def test_cli_download_unpacks_into_an_s3_data_root(
     server, tmp_path: Path, sample_bytes: bytes, moto_endpoint: str, s3_bucket: str, monkeypatch
 ) -> None:
     """`droughtwatch download` end to end: local HTTP server -> archive -> S3 data root (moto)."""
+    from droughtwatch_assets.adapters.storage import open_store
     from droughtwatch_assets.cli import main
-    from droughtwatch_assets.storage import open_store
 
     url, _ = server
     monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path / "home"))
