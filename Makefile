@@ -12,6 +12,8 @@ export DAGSTER_HOME ?= $(DROUGHTWATCH_HOME)/dagster
 export UV_PYTHON_DOWNLOADS := never
 # MLflow 3 sends usage telemetry from a background thread unless told not to.
 export MLFLOW_DISABLE_TELEMETRY ?= true
+# ... and draws a download bar for every model a run loads.
+export MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR ?= false
 export TF_CPP_MIN_LOG_LEVEL ?= 2
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 

@@ -522,6 +522,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's C++ start-up chatter and Dagster's beta notices are not for this terminal.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+    # MLflow draws a download bar for every model it loads; the CLI's own bar says enough.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     warnings.filterwarnings("ignore", message=".*is currently in beta.*")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,

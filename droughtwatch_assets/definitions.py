@@ -6,6 +6,8 @@ sensor's interval and batch size, training's GPU run tags) from the Settings it 
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from droughtwatch_assets.defs.inference.jobs import drop_job, rescore_job
@@ -35,7 +37,11 @@ def _owned_and_linked(assets: list[dg.AssetsDefinition]) -> list[dg.AssetsDefini
     owned = dg.map_asset_specs(
         lambda spec: spec.replace_attributes(owners=[OWNERS[spec.group_name]]), assets
     )
-    return list(dg.with_source_code_references(owned))
+    with warnings.catch_warnings():
+        # Code references are a beta feature of Dagster 1.13; the warning would print on every
+        # command that loads the code location.
+        warnings.simplefilter("ignore", dg.BetaWarning)
+        return list(dg.with_source_code_references(owned))
 
 
 def build_definitions(settings: Settings | None = None) -> dg.Definitions:

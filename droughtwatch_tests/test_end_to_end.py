@@ -243,6 +243,10 @@ def test_demo_ingests_trains_promotes_and_scores_the_drops(env):
     )  # fmt: skip
     out = proc.stdout
     assert "6 shards ingested, 0 failed" in out
+    # Nothing between the tables but what the demo itself says: no TensorFlow start-up lines,
+    # no MLflow download bars, no Dagster beta warnings.
+    for noise in ("InitializeLog", "oneDNN", "Downloading artifacts", "BetaWarning"):
+        assert noise not in out + proc.stderr, noise
     assert "registered droughtwatch-baseline version 1: promoted to champion" in out
     assert "drops/2024-08-01/part-r-00000" in out and "droughtwatch-baseline v1" in out
     home = Path(env["DROUGHTWATCH_HOME"])

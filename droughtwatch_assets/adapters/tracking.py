@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from droughtwatch_assets.core.frameworks import quiet_import
+
 if TYPE_CHECKING:
     from mlflow.entities import Metric
 
@@ -239,7 +241,7 @@ class ActiveRun:
         pass it to :meth:`Tracking.register`. Only the first row of ``input_example`` is stored
         (one 65 x 65 x 4 float image is already ~0.3 MB of JSON).
         """
-        import keras
+        keras = quiet_import("keras")
 
         # MLflow checks the example with model.predict: no progress bar in logs and terminals.
         keras.utils.disable_interactive_logging()
@@ -342,6 +344,7 @@ class Tracking:
             return f"mlflow:/runs/{run_id}"
 
     def _log_keras_model(self, run: ActiveRun, model: Any, input_example: np.ndarray) -> str:
+        quiet_import("keras")  # mlflow.keras imports it
         import mlflow.keras
         from mlflow.models import Model, infer_signature
 
@@ -435,6 +438,7 @@ class Tracking:
         self, variant: str, *, alias: str | None = None, version: str | None = None
     ) -> Any:
         """The Keras model of a registered version, by alias or version number."""
+        quiet_import("keras")  # mlflow.keras imports it
         import mlflow.keras
 
         from droughtwatch_assets.core.models import custom_objects

@@ -11,13 +11,14 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
+from droughtwatch_assets.core.frameworks import quiet_import
 from droughtwatch_assets.core.indices import QUANTISED_MAX
 from droughtwatch_assets.core.metrics import NUM_CLASSES
 from droughtwatch_assets.core.tfrecord import IMAGE_SIDE
 from droughtwatch_assets.core.variants import BAND_FEATURES, Variant
 
 if TYPE_CHECKING:
-    import keras
+    keras = quiet_import("keras")
 
 BAND_SCALE = 1.0 / 255
 INDEX_SCALE = 1.0 / QUANTISED_MAX
@@ -38,7 +39,7 @@ def channel_scales(features: tuple[str, ...]) -> list[float]:
 def custom_objects() -> dict[str, type]:
     """The custom augmentation layers, registered with Keras; pass to `keras.models.load_model`
     (or just call this once) before loading a saved model."""
-    import keras
+    keras = quiet_import("keras")
     from keras import ops
 
     class _SeededAugmentation(keras.layers.Layer):
@@ -101,7 +102,7 @@ def custom_objects() -> dict[str, type]:
 
 
 def _inputs_and_preprocessing(variant: Variant) -> tuple[Any, Any]:
-    import keras
+    keras = quiet_import("keras")
 
     layers = custom_objects()
     inputs = keras.Input(shape=input_shape(variant), dtype="float32", name=INPUT_NAME)
@@ -116,7 +117,7 @@ def _inputs_and_preprocessing(variant: Variant) -> tuple[Any, Any]:
 
 def _seed_cnn(x: Any) -> Any:
     """The earlier project's network (257,022 parameters with 4 input channels)."""
-    import keras
+    keras = quiet_import("keras")
     from keras import layers
 
     for filters, pool in ((32, True), (32, True), (64, True), (128, False), (128, True)):
@@ -206,7 +207,7 @@ def build_model(variant: Variant) -> keras.Model:
     """The variant's network, compiled: Adam(learning_rate), categorical cross-entropy with the
     variant's label smoothing, accuracy. Seed the run (training.set_determinism) before building
     when the initial weights must be reproducible."""
-    import keras
+    keras = quiet_import("keras")
 
     inputs, x = _inputs_and_preprocessing(variant)
     outputs = _NETWORKS[variant.network](x)

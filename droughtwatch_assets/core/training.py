@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from droughtwatch_assets.core.frameworks import quiet_import
 from droughtwatch_assets.core.metrics import (
     NUM_CLASSES,
     ClassificationMetrics,
@@ -33,7 +34,7 @@ from droughtwatch_assets.core.variants import (
 )
 
 if TYPE_CHECKING:
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
 # Bands are 0..255 and index codes -127..127: int16 holds both at 2 bytes per value.
 FEATURE_DTYPE = np.int16
@@ -266,7 +267,7 @@ def _concatenate(pool: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray,
 
 
 def _to_model_inputs(x: Any, y: Any) -> tuple[Any, Any]:
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     return tf.cast(x, tf.float32), tf.one_hot(tf.cast(y, tf.int32), NUM_CLASSES)
 
@@ -285,7 +286,7 @@ def _stream_dataset(
     shuffle_buffer: int,
     seed: int | None,
 ) -> tuple[tf.data.Dataset, _ShardStream]:
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     _check_max_records(max_records)
     if shuffle_buffer < 1:
@@ -366,7 +367,7 @@ def in_memory_dataset(
     x: np.ndarray, y: np.ndarray, variant: Variant, *, training: bool, seed: int | None = None
 ) -> tf.data.Dataset:
     """The same batches as `make_dataset`, from in-memory arrays (x raw values, y int labels)."""
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     x = np.asarray(x)
     y = np.asarray(y)
@@ -416,8 +417,8 @@ class TrainingResult:
 
 def set_determinism(seed: int) -> None:
     """Seed Python, NumPy, TensorFlow and Keras, and make TF ops deterministic (idempotent)."""
-    import keras
-    import tensorflow as tf
+    keras = quiet_import("keras")
+    tf = quiet_import("tensorflow")
 
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -516,7 +517,7 @@ def predict(
 
     Takes shard sources (streamed unshuffled) or a dataset of (x, one-hot y) batches.
     """
-    import tensorflow as tf
+    tf = quiet_import("tensorflow")
 
     if isinstance(sources_or_dataset, tf.data.Dataset):
         dataset = sources_or_dataset

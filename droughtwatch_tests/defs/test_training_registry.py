@@ -125,6 +125,7 @@ def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
     registered = materialization(result, "registered_model")
     assert registered["version"] == "1" and registered["promoted"] is True
     assert gate(result).passed
+    assert gate(result).metadata["champion"] == dg.MetadataValue.text("none")  # there was none
     t = tracking(settings)
     assert t.alias_version("baseline", "challenger") == "1"
     assert t.alias_version("baseline", "champion") == "1"
@@ -155,6 +156,10 @@ def test_worse_challenger_is_refused_and_champion_stays(settings, instance, corp
     assert not result.success
     evaluation = gate(result)
     assert not evaluation.passed
+    champion_score = evaluation.metadata["champion"].value  # the champion's own, re-measured
+    assert isinstance(champion_score, float) and champion_score > evaluation.metadata[
+        "challenger"
+    ].value
     t = tracking(settings)
     assert t.alias_version("baseline", "challenger") == "2"
     assert t.alias_version("baseline", "champion") == "1"

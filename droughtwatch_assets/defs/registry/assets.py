@@ -127,7 +127,10 @@ def registered_model(
         metadata={
             "metric": decision.metric,
             "challenger": decision.challenger,
-            "champion": decision.champion if decision.champion is not None else -1.0,
+            # No champion yet: no number (a -1 would plot as a score).
+            "champion": dg.MetadataValue.float(decision.champion)
+            if decision.champion is not None
+            else dg.MetadataValue.text("none"),
             "majority": decision.majority,
             "margin": decision.margin,
         },
