@@ -53,7 +53,17 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             [build_shard_assets(), training_corpus, trained_model, registered_model]
         ),
         jobs=[ingest_job, training_job, drop_job, rescore_job],
-        sensors=[build_drop_sensor(settings), retrain_on_new_labels],
+        sensors=[
+            build_drop_sensor(settings),
+            retrain_on_new_labels,
+            # Evaluates training_corpus's automation condition; running from the start, as the
+            # drop sensor and the schedules are (Dagster's implicit one starts stopped).
+            dg.AutomationConditionSensorDefinition(
+                "default_automation_condition_sensor",
+                target=dg.AssetSelection.all(),
+                default_status=dg.DefaultSensorStatus.RUNNING,
+            ),
+        ],
         schedules=[baseline_daily],
         resources=build_resources(settings),
         # Every step of a run in the run's own process: a shard batch is one step, and a second

@@ -37,7 +37,8 @@ def graph_snapshot(defs: dg.Definitions) -> dict:
     }
     sensors = {
         s.name: {
-            "jobs": sorted(j.name for j in s.jobs),
+            # An automation-condition sensor targets assets, not jobs.
+            "jobs": sorted(j.name for j in s.jobs) if s.has_jobs else [],
             "default_status": s.default_status.value,
             "minimum_interval_seconds": s.minimum_interval_seconds,
         }
@@ -106,3 +107,20 @@ def test_every_asset_has_an_owner_and_a_link_to_its_code():
             Path(ref.file_path).is_relative_to(Path(__file__).parents[2] / "droughtwatch_assets")
             for ref in references
         ), (key, references)
+
+
+def test_every_sensor_and_schedule_runs_from_the_start():
+    """What `make dev` promises: the drop sensor, the retrain sensor, the daily schedule and
+    declarative automation all run without anyone switching them on in the UI."""
+    from droughtwatch_assets.definitions import defs
+
+    repo = defs.get_repository_def()
+    sensors = {s.name: s.default_status for s in repo.sensor_defs}
+    assert sensors == {
+        "drop_sensor": dg.DefaultSensorStatus.RUNNING,
+        "retrain_on_new_labels": dg.DefaultSensorStatus.RUNNING,
+        "default_automation_condition_sensor": dg.DefaultSensorStatus.RUNNING,
+    }
+    assert {s.name: s.default_status for s in repo.schedule_defs} == {
+        "baseline_daily": dg.DefaultScheduleStatus.RUNNING
+    }

@@ -53,6 +53,7 @@ def build_training_triggers(
         job=training_job,
         cron_schedule="0 3 * * *",
         execution_timezone="UTC",
+        default_status=dg.DefaultScheduleStatus.RUNNING,
         description="Retrains baseline every day at 03:00 UTC, as the earlier project did, "
         "unless no labelled shard changed since its last training.",
     )
@@ -63,6 +64,7 @@ def build_training_triggers(
         asset_key=dg.AssetKey(TRAINING_CORPUS),
         job=training_job,
         minimum_interval_seconds=60,
+        default_status=dg.DefaultSensorStatus.RUNNING,
         description="When training_corpus (kept current by declarative automation) lists a "
         "changed set of labelled shards, retrains baseline.",
     )
