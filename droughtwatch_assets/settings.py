@@ -37,6 +37,7 @@ ENV = {
     "metrics_db_url": "DROUGHTWATCH_METRICS_DB_URL",
     "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
     "mlflow_artifact_root": "DROUGHTWATCH_MLFLOW_ARTIFACTS",
+    "mlflow_ui_url": "DROUGHTWATCH_MLFLOW_UI_URL",
 }
 
 
@@ -54,6 +55,7 @@ class Settings:
     metrics_db_url: str | None = None  # None: SQLite at $DROUGHTWATCH_HOME/metrics.db
     mlflow_tracking_uri: str | None = None  # None: SQLite under $DROUGHTWATCH_HOME/mlflow
     mlflow_artifact_root: str | None = None  # None: the tracking server's, or under the home
+    mlflow_ui_url: str | None = None  # where Dagster's links to MLflow runs point
     environment: frozenset[str] = frozenset()  # fields read from this process's environment
     # DAGSTER_HOME, Dagster's own variable (None: the embedded instance under the home). Not
     # compared: the CLI sets it for Dagster once it has prepared the embedded instance.
@@ -79,6 +81,7 @@ class Settings:
             metrics_db_url=env.get(ENV["metrics_db_url"]) or None,
             mlflow_tracking_uri=env.get(ENV["mlflow_tracking_uri"]) or None,
             mlflow_artifact_root=env.get(ENV["mlflow_artifact_root"]) or None,
+            mlflow_ui_url=env.get(ENV["mlflow_ui_url"]) or None,
             environment=frozenset(
                 name for name, variable in ENV.items() if environ is None and env.get(variable)
             ),

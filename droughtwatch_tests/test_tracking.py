@@ -45,6 +45,18 @@ def test_default_uris(tmp_path: Path):
     assert tr.default_artifact_root(settings) is None  # the server decides
     env["DROUGHTWATCH_MLFLOW_ARTIFACTS"] = "s3://models/mlflow"
     assert tr.default_artifact_root(Settings.from_env(env)) == "s3://models/mlflow"
+
+
+def test_links_to_runs_open_the_ui_and_never_carry_credentials(tmp_path: Path):
+    env = {"DROUGHTWATCH_HOME": str(tmp_path)}
+    # The embedded store: the UI `make mlflow-ui` and `make dev` serve.
+    assert tr.default_ui_url(Settings.from_env(env)) == "http://127.0.0.1:5000"
+    env["MLFLOW_TRACKING_URI"] = "https://bob:s3cr3t@mlflow.internal:5000/"
+    assert tr.default_ui_url(Settings.from_env(env)) == "https://mlflow.internal:5000/"
+    env["DROUGHTWATCH_MLFLOW_UI_URL"] = "https://mlflow.example.org"
+    assert tr.default_ui_url(Settings.from_env(env)) == "https://mlflow.example.org"
+    assert tr.without_credentials("http://a:b@h:1/p?q=1") == "http://h:1/p?q=1"
+    assert tr.without_credentials("http://h:1/p") == "http://h:1/p"
     assert tr.model_name("ndvi") == "droughtwatch-ndvi"
 
 
@@ -225,5 +237,8 @@ def test_artifacts_on_s3(
 
 def test_run_url_on_a_tracking_server(tracking: tr.Tracking):
     server = tr.Tracking.__new__(tr.Tracking)
-    server.tracking_uri, server.experiment_id = "http://mlflow.internal:5000/", "7"
+    server.tracking_uri, server.experiment_id = "http://bob:pw@mlflow.internal:5000/", "7"
+    server.ui_url = None
     assert server.run_url("abc") == "http://mlflow.internal:5000/#/experiments/7/runs/abc"
+    server.ui_url = "https://mlflow.example.org"
+    assert server.run_url("abc") == "https://mlflow.example.org/#/experiments/7/runs/abc"

@@ -32,6 +32,10 @@ locals {
     DROUGHTWATCH_SENSOR_INTERVAL  = "30"
     MLFLOW_TRACKING_URI           = local.mlflow_internal
     MLFLOW_DISABLE_TELEMETRY      = "true"
+    # Runs load models without drawing MLflow's download bar into their logs.
+    MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = "false"
+    # Dagster's links to MLflow runs open the public UI, not the internal address.
+    DROUGHTWATCH_MLFLOW_UI_URL = "https://${var.mlflow_hostname}"
   }
 
   workspace_env = {

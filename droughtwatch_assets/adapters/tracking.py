@@ -24,6 +24,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -52,6 +53,29 @@ class _Settings(Protocol):  # droughtwatch_assets.settings.Settings, or anything
     home: Path
     mlflow_tracking_uri: str | None
     mlflow_artifact_root: str | None
+    mlflow_ui_url: str | None
+
+
+EMBEDDED_UI_URL = "http://127.0.0.1:5000"  # `make mlflow-ui` and `make dev` serve it there
+
+
+def without_credentials(url: str) -> str:
+    """`url` without a user or password (http://user:secret@host -> http://host)."""
+    parts = urlsplit(url)
+    if "@" not in parts.netloc:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
+
+
+def default_ui_url(settings: _Settings) -> str:
+    """Where a browser opens MLflow: ``DROUGHTWATCH_MLFLOW_UI_URL``; else the tracking server
+    (without credentials); else the embedded store's UI on this machine."""
+    if settings.mlflow_ui_url:
+        return settings.mlflow_ui_url
+    uri = settings.mlflow_tracking_uri or ""
+    if uri.startswith(("http://", "https://")):
+        return without_credentials(uri)
+    return EMBEDDED_UI_URL
 
 
 def default_tracking_uri(settings: _Settings) -> str:
@@ -257,11 +281,16 @@ class Tracking:
     """Runs, models and the registry of one MLflow tracking store."""
 
     def __init__(
-        self, tracking_uri: str, artifact_root: str | None = None, experiment: str = EXPERIMENT
+        self,
+        tracking_uri: str,
+        artifact_root: str | None = None,
+        experiment: str = EXPERIMENT,
+        ui_url: str | None = None,
     ):
         self.tracking_uri = tracking_uri
         self.artifact_root = artifact_root
         self.experiment = experiment
+        self.ui_url = ui_url
         from mlflow import MlflowClient  # here, not at import: ingest runs never load MLflow
 
         with _quiet():
@@ -333,11 +362,15 @@ class Tracking:
         self.client.set_terminated(active.run_id, "FINISHED")
 
     def run_url(self, run_id: str) -> str:
+        """The run's page in the MLflow UI (never with the tracking URI's credentials); without
+        a UI address, its artifact location."""
         from mlflow.exceptions import MlflowException
 
-        if self.tracking_uri.startswith(("http://", "https://")):
-            base = self.tracking_uri.rstrip("/")
-            return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
+        base = self.ui_url
+        if base is None and self.tracking_uri.startswith(("http://", "https://")):
+            base = without_credentials(self.tracking_uri)
+        if base is not None:
+            return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
         try:
             return self.client.get_run(run_id).info.artifact_uri or f"mlflow:/runs/{run_id}"
         except MlflowException:

@@ -13,6 +13,7 @@ from droughtwatch_assets.adapters.tracking import (
     Tracking,
     default_artifact_root,
     default_tracking_uri,
+    default_ui_url,
 )
 from droughtwatch_assets.pipeline import lake
 from droughtwatch_assets.settings import ENV, Settings
@@ -86,12 +87,13 @@ class MlflowResource(dg.ConfigurableResource):
     artifact_root: str | None = None
     experiment: str = "droughtwatch"
     s3_endpoint_url: str | None = None
+    ui_url: str | None = None  # the MLflow UI that Dagster's links to runs open
 
     def tracking(self) -> Tracking:
         if self.s3_endpoint_url:
             # MLflow's S3 artifact client reads its own variable, not ours.
             os.environ.setdefault("MLFLOW_S3_ENDPOINT_URL", self.s3_endpoint_url)
-        return Tracking(self.tracking_uri, self.artifact_root, self.experiment)
+        return Tracking(self.tracking_uri, self.artifact_root, self.experiment, self.ui_url)
 
 
 class MetricsDbResource(dg.ConfigurableResource):
@@ -132,6 +134,7 @@ def build_resources(settings: Settings) -> dict[str, Any]:
                 settings, "mlflow_artifact_root", default_artifact_root(settings)
             ),
             s3_endpoint_url=endpoint,
+            ui_url=configured(settings, "mlflow_ui_url", default_ui_url(settings)),
         ),
         "metrics_db": MetricsDbResource(
             url=configured(settings, "metrics_db_url", metricsdb.database_url(settings))

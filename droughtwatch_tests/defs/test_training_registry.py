@@ -105,6 +105,10 @@ def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
     client = MlflowClient(default_tracking_uri(settings))
     run = client.get_run(trained["mlflow_run_id"])
     assert run.info.status == "FINISHED"
+    # A link the UI opens: the run's page in the MLflow UI, not a file path.
+    assert trained["mlflow_run"] == (
+        f"http://127.0.0.1:5000/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}"
+    )
     assert run.data.params["learning_rate"] == "0.0005"
     assert run.data.params["features"] == "B2,B3,B4,B5" or "B2" in run.data.params["features"]
     assert run.data.params["epochs"] == "2"
