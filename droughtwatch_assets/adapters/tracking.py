@@ -429,6 +429,15 @@ class Tracking:
             )
         return str(version.version)
 
+    def describe_version(
+        self, variant: str, version: str, description: str, tags: Mapping[str, object]
+    ) -> None:
+        """What the registry's version page shows: a description and tags."""
+        name = model_name(variant)
+        self.client.update_model_version(name, str(version), description=description)
+        for key, value in tags.items():
+            self.client.set_model_version_tag(name, str(version), key, str(value))
+
     def set_alias(self, variant: str, alias: str, version: str) -> None:
         self.client.set_registered_model_alias(model_name(variant), alias, str(version))
 

@@ -133,6 +133,14 @@ def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
     t = tracking(settings)
     assert t.alias_version("baseline", "challenger") == "1"
     assert t.alias_version("baseline", "champion") == "1"
+    # The registry's version page says what it is and what the gate decided.
+    version = client.get_model_version("droughtwatch-baseline", "1")
+    assert version.description.startswith("baseline, 2 epochs on corpus ")
+    assert "promoted to champion (promoted: macro_f1" in version.description
+    assert version.tags["gate"] == "promoted" and version.tags["epochs"] == "2"
+    assert version.tags["val_macro_f1"] == f"{trained['val_macro_f1']:.4f}"
+    assert version.tags["corpus_fingerprint"] == corpus_meta["fingerprint"]
+    assert version.tags["dagster_run_id"] == result.run_id
     # The decision is in the metrics database with its numbers and reason.
     engine = metricsdb.connect(metricsdb.database_url(settings))
     [row] = metricsdb.promotion_history(engine, "droughtwatch-baseline")
@@ -167,6 +175,10 @@ def test_worse_challenger_is_refused_and_champion_stays(settings, instance, corp
     t = tracking(settings)
     assert t.alias_version("baseline", "challenger") == "2"
     assert t.alias_version("baseline", "champion") == "1"
+    refused = MlflowClient(default_tracking_uri(settings)).get_model_version(
+        "droughtwatch-baseline", "2"
+    )
+    assert refused.tags["gate"] == "refused" and ": refused (" in refused.description
     engine = metricsdb.connect(metricsdb.database_url(settings))
     newest = metricsdb.promotion_history(engine, "droughtwatch-baseline")[0]
     assert newest["challenger_version"] == "2" and not newest["promoted"]

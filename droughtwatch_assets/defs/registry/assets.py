@@ -57,8 +57,20 @@ def registered_model(
     tracking = mlflow.tracking()
     name = model_name(variant.name)
     champion_version = tracking.alias_version(variant.name, CHAMPION)
+    val = trained_model["val_metrics"]
     version = tracking.register(
-        trained_model["model_uri"], variant.name, run_id=trained_model["mlflow_run_id"]
+        trained_model["model_uri"],
+        variant.name,
+        run_id=trained_model["mlflow_run_id"],
+        tags={
+            "variant": variant.name,
+            "features": ",".join(variant.features),
+            "epochs": trained_model["epochs"],
+            "corpus_fingerprint": trained_model["corpus_fingerprint"],
+            "val_accuracy": f"{val['accuracy']:.4f}",
+            "val_macro_f1": f"{val['macro_f1']:.4f}",
+            "dagster_run_id": context.run.run_id,
+        },
     )
     tracking.set_alias(variant.name, CHALLENGER, version)
 
@@ -79,6 +91,14 @@ def registered_model(
     )
     if decision.promote:
         tracking.set_alias(variant.name, CHAMPION, version)
+    tracking.describe_version(
+        variant.name,
+        version,
+        f"{variant.name}, {trained_model['epochs']} epochs on corpus "
+        f"{trained_model['corpus_fingerprint']}: "
+        f"{'promoted to champion' if decision.promote else 'refused'} ({decision.reason})",
+        {"gate": "promoted" if decision.promote else "refused"},
+    )
     context.log.info(f"{name} v{version}: {decision.reason}")
     metricsdb.record_promotion(
         metrics_db.engine(),
