@@ -189,6 +189,26 @@ def _graphql(
     pytest.fail("the webserver did not answer as expected within 120 s")
 
 
+def _ask_webserver(
+    env: dict[str, str],
+    query: str,
+    variables: dict,
+    ready: Callable[[dict], Any] = lambda data: True,
+) -> dict:
+    """Start the webserver as `make dev` does (the code location from pyproject.toml), ask it
+    `query` (see _graphql), stop it."""
+    port = free_port()
+    web = subprocess.Popen(
+        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)],
+        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        return _graphql(port, query, variables, web, ready=ready)
+    finally:
+        web.terminate()
+        web.wait(timeout=30)
+
+
 def test_webserver_on_the_code_server_lists_assets_checks_and_sensor(env):
     """The deployment layout: `dagster code-server` serves the code location over gRPC, and the
     webserver loads the repository's workspace.yaml, which points at it."""
@@ -397,21 +417,9 @@ def test_a_bad_shard_mid_batch_and_a_range_backfill_as_the_webserver_shows_them(
             keys[0]
         ]
 
-    port = free_port()
-    web = subprocess.Popen(  # as `make dev` starts it: the code location from pyproject.toml
-        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        answer = _graphql(
-            port,
-            BATCH_GRAPHQL,
-            {"asset": {"path": ["raw_tfrecords"]}, "check": "schema_and_labels"},
-            web,
-        )
-    finally:
-        web.terminate()
-        web.wait(timeout=30)
+    answer = _ask_webserver(
+        env, BATCH_GRAPHQL, {"asset": {"path": ["raw_tfrecords"]}, "check": "schema_and_labels"}
+    )
     executions = answer["assetCheckExecutions"]
     by_partition = {e["partition"]: e["status"] for e in executions if e["runId"] == cli_run.run_id}
     assert by_partition == {key: "FAILED" if key == bad else "SUCCEEDED" for key in keys}
@@ -457,23 +465,12 @@ def test_secrets_in_the_environment_never_reach_the_webserver(env, sample_shard_
     }
     run([str(BIN / "droughtwatch"), "discover", "--materialize"], env)
 
-    port = free_port()
-    web = subprocess.Popen(
-        [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port)],
-        env=env, cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        data = _graphql(
-            port,
-            SECRETS_GRAPHQL,
-            {"repo": {"repositoryLocationName": "droughtwatch",
-                      "repositoryName": "__repository__"}},  # fmt: skip
-            web,
-            ready=lambda d: d["runsOrError"]["results"],
-        )
-    finally:
-        web.terminate()
-        web.wait(timeout=30)
+    data = _ask_webserver(
+        env,
+        SECRETS_GRAPHQL,
+        {"repo": {"repositoryLocationName": "droughtwatch", "repositoryName": "__repository__"}},
+        ready=lambda d: d["runsOrError"]["results"],
+    )
     assert SECRET not in json.dumps(data)
     resources = {
         r["name"]: {v["key"]: (v["type"], v["value"]) for v in r["configuredValues"]}
