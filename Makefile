@@ -47,11 +47,14 @@ tools: $(CHECKOV)  ## the deployment linters that live outside the environment (
 demo: install  ## sample corpus + drops, discover, ingest, summary
 	$(BIN)/droughtwatch demo
 
+# dg dev runs in DAGSTER_HOME, on the workspace.yaml `droughtwatch home` writes there: Dagster
+# then reads that folder's dagster.yaml (in the repository root it would warn that ./dagster.yaml,
+# the same instance for commands run without DAGSTER_HOME, is not used).
 dev: install  ## Dagster UI on :3000 (sensors, schedule, automation running) and MLflow UI on :5000
 	$(BIN)/droughtwatch home
 	$(BIN)/droughtwatch mlflow-ui > $(DROUGHTWATCH_HOME)/mlflow-ui.log 2>&1 & \
 	  trap 'kill $$! 2> /dev/null' EXIT INT TERM; \
-	  $(BIN)/dagster dev -h 127.0.0.1 -p 3000
+	  cd "$(DAGSTER_HOME)" && $(CURDIR)/$(BIN)/dg dev -w workspace.yaml -h 127.0.0.1 -p 3000
 
 mlflow-ui: install  ## MLflow UI alone on http://127.0.0.1:5000
 	$(BIN)/droughtwatch mlflow-ui

@@ -44,8 +44,14 @@ EMBEDDED_HEADER = "# The embedded default instance"
 EMBEDDED_INSTANCE_YAML = """\
 # The embedded default instance: SQLite storage in this folder, written by `droughtwatch home`
 # (and rewritten by it while this first line stays: edit the line away to keep your changes).
+# The repository's dagster.yaml is the same instance for Dagster's own commands.
 telemetry:
   enabled: false
+run_storage:
+  module: dagster._core.storage.runs
+  class: SqliteRunStorage
+  config:
+    base_dir: {history}
 # Dagster's SQLite event log, with pooled connections and no fsync per event
 # (droughtwatch_assets/eventlog.py).
 event_log_storage:
@@ -53,6 +59,21 @@ event_log_storage:
   class: PooledSqliteEventLogStorage
   config:
     base_dir: {events}
+schedule_storage:
+  module: dagster._core.storage.schedules
+  class: SqliteScheduleStorage
+  config:
+    base_dir: {schedules}
+local_artifact_storage:
+  module: dagster._core.storage.root
+  class: LocalArtifactStorage
+  config:
+    base_dir: {home}
+compute_logs:
+  module: dagster._core.storage.local_compute_log_manager
+  class: LocalComputeLogManager
+  config:
+    base_dir: {compute_logs}
 # Runs wait in a queue and start {runs} at a time, one per core of the machine that wrote this
 # file (each run is a process that works through its shards); a dequeued run starts within a
 # second.
@@ -69,6 +90,33 @@ concurrency:
     default_limit: 1
 """
 
+WORKSPACE_YAML = """\
+# The code location of `make dev` (which starts `dg dev -w workspace.yaml` in this folder, so
+# that Dagster reads this folder's dagster.yaml), written by `droughtwatch home`.
+load_from:
+  - python_module:
+      module_name: {module}
+      location_name: {location}
+      working_directory: {source}
+"""
+
+
+def embedded_instance_yaml(home: Path | str, runs: int) -> str:
+    """The embedded instance's dagster.yaml, every storage under ``home`` (Dagster's own
+    layout of a DAGSTER_HOME)."""
+    home = Path(home)
+    paths = {
+        "home": home,
+        "history": home / "history",
+        "events": home / "history" / "runs",
+        "schedules": home / "schedules",
+        "compute_logs": home / "storage",
+    }
+    return EMBEDDED_INSTANCE_YAML.format(
+        runs=runs, **{name: json.dumps(str(path)) for name, path in paths.items()}
+    )
+
+
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 """Step-by-step DEBUG events stay in the instance (and the UI); the terminal shows warnings
 and the summary tables."""
@@ -78,18 +126,23 @@ def prepare_dagster_home() -> Path:
     """DAGSTER_HOME, or the embedded default under DROUGHTWATCH_HOME, created if missing.
 
     A ``dagster.yaml`` that is missing, or still starts with EMBEDDED_HEADER, is (re)written
-    for this folder and this machine; any other is the user's and left alone.
+    for this folder and this machine; any other is the user's and left alone. ``workspace.yaml``
+    (the code location, for ``make dev``) is always rewritten.
     """
     home = Settings.from_env().dagster_home.resolve()
     home.mkdir(parents=True, exist_ok=True)
     config = home / "dagster.yaml"
     current = config.read_text() if config.exists() else EMBEDDED_HEADER
     if current.startswith(EMBEDDED_HEADER):
-        wanted = EMBEDDED_INSTANCE_YAML.format(
-            runs=batching.default_parallelism(), events=json.dumps(str(home / "history" / "runs"))
-        )
+        wanted = embedded_instance_yaml(home, batching.default_parallelism())
         if current != wanted:
             config.write_text(wanted)
+    source = Path(__file__).resolve().parent.parent  # the checkout, or site-packages
+    workspace = WORKSPACE_YAML.format(
+        module=DEFINITIONS_MODULE, location=LOCATION_NAME, source=json.dumps(str(source))
+    )
+    if not (home / "workspace.yaml").exists() or (home / "workspace.yaml").read_text() != workspace:
+        (home / "workspace.yaml").write_text(workspace)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -127,7 +127,8 @@ def test_ingest_on_a_postgres_instance(tmp_path, sample_shard_path, monkeypatch)
         monkeypatch.setenv("DAGSTER_PG_URL", url)
         dagster_home = tmp_path / "dagster"
         dagster_home.mkdir()
-        shutil.copyfile(REPO_ROOT / "dagster.yaml", dagster_home / "dagster.yaml")
+        deployment = REPO_ROOT / "infra" / "server" / "dagster.yaml"
+        shutil.copyfile(deployment, dagster_home / "dagster.yaml")
         settings = Settings(tmp_path, str(tmp_path / "data"), str(tmp_path / "lake"), None)
         copy_sample(Path(settings.data_root), KEY, sample_shard_path)
         with dg.DagsterInstance.from_config(str(dagster_home)) as instance:

@@ -28,6 +28,7 @@ DOCKER = REPO / "docker"
 COMPOSE_FILE = DOCKER / "docker-compose.yml"
 ENV_EXAMPLE = DOCKER / ".env.example"
 DOCKER_INSTANCE = DOCKER / "dagster.yaml"
+SERVER_INSTANCE = REPO / "infra" / "server" / "dagster.yaml"
 DOCKERFILE = DOCKER / "Dockerfile"
 INIT_SCRIPT = DOCKER / "postgres" / "10-droughtwatch.sh"
 DATASOURCE = DOCKER / "grafana" / "provisioning" / "datasources" / "droughtwatch.yaml"
@@ -126,7 +127,7 @@ def _settings_the_code_reads() -> set[str]:
     names = set(DOCUMENTED_SETTINGS)
     for path in (REPO / "droughtwatch_assets").rglob("*.py"):
         names |= set(_ENV_NAME.findall(path.read_text()))
-    for path in (REPO / "workspace.yaml", REPO / "dagster.yaml", DOCKER_INSTANCE):
+    for path in (REPO / "workspace.yaml", SERVER_INSTANCE, DOCKER_INSTANCE):
         names |= set(re.findall(r"\benv:\s*([A-Z_][A-Z0-9_]*)", path.read_text()))
     return names
 
@@ -165,7 +166,7 @@ def test_static_dockerfile_copies_every_instance_file_and_the_workspace():
         for src, dest in re.findall(r"^COPY\s+(?!--from)(?:--\S+\s+)*(\S+)\s+(\S+)\s*$", text, re.M)
     )
     expected = {
-        "/opt/dagster/home/default/dagster.yaml": "dagster.yaml",
+        "/opt/dagster/home/default/dagster.yaml": "infra/server/dagster.yaml",
         "/opt/dagster/home/docker/dagster.yaml": "docker/dagster.yaml",
         "/opt/dagster/home/ecs/dagster.yaml": "infra/ecs/dagster.yaml",
         "/opt/dagster/workspace.yaml": "workspace.yaml",
@@ -402,12 +403,12 @@ def test_static_docker_instance_config_passes_dagsters_schemas(tmp_path: Path, m
     from dagster._config import process_config
     from dagster._core.instance.config import dagster_instance_config
 
-    root = yaml.safe_load((REPO / "dagster.yaml").read_text())
+    root = yaml.safe_load(SERVER_INSTANCE.read_text())
     instance = _docker_instance()
     for section in ("storage", "run_coordinator", "concurrency", "run_retries"):
-        assert instance[section] == root[section], f"{section} differs from the root dagster.yaml"
+        assert instance[section] == root[section], f"{section} differs from {SERVER_INSTANCE}"
     for section in ("run_monitoring", "telemetry"):
-        assert instance[section] == root[section], f"{section} differs from the root dagster.yaml"
+        assert instance[section] == root[section], f"{section} differs from {SERVER_INSTANCE}"
 
     (tmp_path / "dagster.yaml").write_text(DOCKER_INSTANCE.read_text())
     for key, value in _resolved_env("daemon").items():

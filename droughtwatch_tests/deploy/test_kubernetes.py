@@ -48,8 +48,8 @@ def values() -> dict:
 
 
 @pytest.fixture(scope="module")
-def root_instance() -> dict:
-    return yaml.safe_load((ROOT / "dagster.yaml").read_text())
+def server_instance() -> dict:
+    return yaml.safe_load((ROOT / "infra" / "server" / "dagster.yaml").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -164,27 +164,27 @@ def _snake_keys(node):
     return node
 
 
-def test_concurrency_equals_root_dagster_yaml(values, root_instance):
+def test_concurrency_equals_server_dagster_yaml(values, server_instance):
     concurrency = values["concurrency"]
     assert concurrency["enabled"] is True, "without it the chart writes no concurrency section"
     assert (
         _snake_keys({k: v for k, v in concurrency.items() if k != "enabled"})
-        == (root_instance["concurrency"])
+        == (server_instance["concurrency"])
     )
     queued = values["dagsterDaemon"]["runCoordinator"]
     assert queued["type"] == "QueuedRunCoordinator"
-    assert root_instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    assert server_instance["run_coordinator"]["class"] == "QueuedRunCoordinator"
     own = queued["config"]["queuedRunCoordinator"]
     assert own.get("maxConcurrentRuns") is None and not own.get("tagConcurrencyLimits"), (
         "limits live in concurrency.runs only; the run coordinator's own would conflict"
     )
 
 
-def test_run_retries_and_monitoring_equal_root_dagster_yaml(values, root_instance):
+def test_run_retries_and_monitoring_equal_server_dagster_yaml(values, server_instance):
     daemon = values["dagsterDaemon"]
-    assert _snake_keys(daemon["runRetries"]) == root_instance["run_retries"]
-    assert _snake_keys(daemon["runMonitoring"]) == root_instance["run_monitoring"]
-    assert values["telemetry"] == root_instance["telemetry"] == {"enabled": False}
+    assert _snake_keys(daemon["runRetries"]) == server_instance["run_retries"]
+    assert _snake_keys(daemon["runMonitoring"]) == server_instance["run_monitoring"]
+    assert values["telemetry"] == server_instance["telemetry"] == {"enabled": False}
 
 
 # -- the code location ------------------------------------------------------------------------
@@ -208,7 +208,7 @@ def test_code_location_follows_workspace_conventions(code_location):
 # Read by the code but deliberately not set on Kubernetes, with the reason.
 NOT_FOR_KUBERNETES = {
     "DAGSTER_HOME": "the chart sets it and mounts its own instance ConfigMap",
-    "DAGSTER_PG_URL": "only the repo-root dagster.yaml reads it; the chart writes its own storage",
+    "DAGSTER_PG_URL": "only infra/server/dagster.yaml reads it; the chart writes its own storage",
     "DAGSTER_CODE_SERVER_HOST": "workspace.yaml only; the chart writes the workspace",
     "DAGSTER_CODE_SERVER_PORT": "workspace.yaml only; the chart writes the workspace",
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER": "ECS only",
@@ -231,7 +231,8 @@ def _names_the_code_reads() -> set[str]:
     names: set[str] = set()
     for path in (ROOT / "droughtwatch_assets").rglob("*.py"):
         names.update(pattern.findall(path.read_text()))
-    for path in (ROOT / "dagster.yaml", ROOT / "workspace.yaml"):  # `env: NAME` sources
+    # `env: NAME` sources
+    for path in (ROOT / "infra" / "server" / "dagster.yaml", ROOT / "workspace.yaml"):
         names.update(re.findall(r"\benv:\s*([A-Z][A-Z0-9_]+)", path.read_text()))
     return names
 

@@ -188,8 +188,8 @@ def test_every_output_is_used_in_the_readme_and_has_a_value():
 # --- the ECS instance file -----------------------------------------------------------------------
 
 
-def test_ecs_instance_shares_the_root_instance_sections():
-    root = yaml.safe_load((REPO / "dagster.yaml").read_text())
+def test_ecs_instance_shares_the_server_instance_sections():
+    root = yaml.safe_load((INFRA / "server" / "dagster.yaml").read_text())
     ecs = yaml.safe_load(ECS_INSTANCE.read_text())
     for section in SHARED_SECTIONS:
         assert ecs.get(section) == root[section], f"infra/ecs/dagster.yaml {section} differs"
