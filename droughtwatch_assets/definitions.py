@@ -10,10 +10,11 @@ import warnings
 
 import dagster as dg
 
+from droughtwatch_assets.defs.alerts import build_check_alerts, run_failure_alert
 from droughtwatch_assets.defs.inference.jobs import drop_job, rescore_job
 from droughtwatch_assets.defs.ingest.jobs import ingest_job
 from droughtwatch_assets.defs.ingest.sensors import build_drop_sensor
-from droughtwatch_assets.defs.registry.assets import registered_model
+from droughtwatch_assets.defs.registry.assets import registered_model, serving_model
 from droughtwatch_assets.defs.resources import build_resources
 from droughtwatch_assets.defs.shards import build_shard_assets
 from droughtwatch_assets.defs.training.assets import trained_model, training_corpus
@@ -48,10 +49,18 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     settings = settings or Settings.from_env()
     training_job = build_training_job(settings)
     baseline_daily, retrain_on_new_labels = build_training_triggers(training_job)
+    assets = _owned_and_linked(
+        [
+            build_shard_assets(),
+            training_corpus,
+            trained_model,
+            registered_model,
+            serving_model,
+        ]
+    )
+    checks = sorted({key for a in assets for key in a.check_keys}, key=str)
     return dg.Definitions(
-        assets=_owned_and_linked(
-            [build_shard_assets(), training_corpus, trained_model, registered_model]
-        ),
+        assets=assets,
         jobs=[ingest_job, training_job, drop_job, rescore_job],
         sensors=[
             build_drop_sensor(settings),
@@ -63,6 +72,8 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
                 target=dg.AssetSelection.all(),
                 default_status=dg.DefaultSensorStatus.RUNNING,
             ),
+            run_failure_alert,
+            build_check_alerts(checks, settings.sensor_interval_s),
         ],
         schedules=[baseline_daily],
         resources=build_resources(settings),

@@ -38,6 +38,12 @@ ENV = {
     "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
     "mlflow_artifact_root": "DROUGHTWATCH_MLFLOW_ARTIFACTS",
     "mlflow_ui_url": "DROUGHTWATCH_MLFLOW_UI_URL",
+    "alert_webhook_url": "DROUGHTWATCH_ALERT_WEBHOOK_URL",
+    "alert_slack_webhook_url": "DROUGHTWATCH_ALERT_SLACK_WEBHOOK_URL",
+    "alert_email_to": "DROUGHTWATCH_ALERT_EMAIL_TO",
+    "alert_email_from": "DROUGHTWATCH_ALERT_EMAIL_FROM",
+    "smtp_url": "DROUGHTWATCH_SMTP_URL",
+    "dagster_ui_url": "DROUGHTWATCH_DAGSTER_UI_URL",
 }
 
 
@@ -56,6 +62,13 @@ class Settings:
     mlflow_tracking_uri: str | None = None  # None: SQLite under $DROUGHTWATCH_HOME/mlflow
     mlflow_artifact_root: str | None = None  # None: the tracking server's, or under the home
     mlflow_ui_url: str | None = None  # where Dagster's links to MLflow runs point
+    # Alerts (run failures, failed blocking checks, drift): any of these destinations, or none.
+    alert_webhook_url: str | None = None  # POSTed a JSON alert
+    alert_slack_webhook_url: str | None = None  # a Slack incoming webhook
+    alert_email_to: str | None = None  # comma-separated addresses, sent through smtp_url
+    alert_email_from: str | None = None  # None: droughtwatch@<this host>
+    smtp_url: str | None = None  # smtp://[user:password@]host[:port], smtps:// for TLS
+    dagster_ui_url: str = "http://127.0.0.1:3000"  # where alerts' links point
     environment: frozenset[str] = frozenset()  # fields read from this process's environment
     # DAGSTER_HOME, Dagster's own variable (None: the embedded instance under the home). Not
     # compared: the CLI sets it for Dagster once it has prepared the embedded instance.
@@ -82,6 +95,12 @@ class Settings:
             mlflow_tracking_uri=env.get(ENV["mlflow_tracking_uri"]) or None,
             mlflow_artifact_root=env.get(ENV["mlflow_artifact_root"]) or None,
             mlflow_ui_url=env.get(ENV["mlflow_ui_url"]) or None,
+            alert_webhook_url=env.get(ENV["alert_webhook_url"]) or None,
+            alert_slack_webhook_url=env.get(ENV["alert_slack_webhook_url"]) or None,
+            alert_email_to=env.get(ENV["alert_email_to"]) or None,
+            alert_email_from=env.get(ENV["alert_email_from"]) or None,
+            smtp_url=env.get(ENV["smtp_url"]) or None,
+            dagster_ui_url=env.get(ENV["dagster_ui_url"]) or "http://127.0.0.1:3000",
             environment=frozenset(
                 name for name, variable in ENV.items() if environ is None and env.get(variable)
             ),

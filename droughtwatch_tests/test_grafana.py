@@ -27,6 +27,7 @@ DASHBOARD = GRAFANA / "dashboards" / "droughtwatch-monitoring.json"
 DATASOURCES = GRAFANA / "provisioning" / "datasources" / "droughtwatch.yaml"
 PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "droughtwatch.yaml"
 ALERTS = GRAFANA / "provisioning" / "alerting" / "droughtwatch-alerts.yaml"
+CONTACT_POINT = GRAFANA / "provisioning" / "alerting" / "droughtwatch-contact-point.yaml"
 
 PANEL_TITLES = {
     "Predicted class fractions",
@@ -126,6 +127,23 @@ def test_alert_rule_is_prediction_drift_above_025_over_the_last_hour():
     by_ref = {d["refId"]: d for d in rule["data"]}
     threshold_input = by_ref[rule["condition"]]["model"]["expression"]
     assert by_ref[threshold_input]["model"]["expression"] == query["refId"]
+
+
+def test_alerts_reach_the_contact_point_the_settings_name():
+    """Grafana's alerts go to a webhook contact point whose URL is the alert webhook setting,
+    which the compose file gives the Grafana container."""
+    provisioned = yaml.safe_load(CONTACT_POINT.read_text())
+    [point] = provisioned["contactPoints"]
+    [receiver] = point["receivers"]
+    assert receiver["type"] == "webhook"
+    assert receiver["settings"]["url"] == "$DROUGHTWATCH_ALERT_WEBHOOK_URL"
+    [policy] = provisioned["policies"]
+    assert policy["receiver"] == point["name"]
+    compose = yaml.safe_load((GRAFANA.parent / "docker-compose.yml").read_text())
+    grafana_env = compose["services"]["grafana"]["environment"]
+    assert grafana_env["DROUGHTWATCH_ALERT_WEBHOOK_URL"].startswith(
+        "${DROUGHTWATCH_ALERT_WEBHOOK_URL:-"
+    )
 
 
 # ---- the SQL against a real PostgreSQL ---------------------------------------------------------

@@ -44,6 +44,8 @@ DOCUMENTED_STATES = {
     "retrain_on_new_labels": "RUNNING",
     "default_automation_condition_sensor": "RUNNING",
     "baseline_daily": "RUNNING",
+    "run_failure_alert": "RUNNING",
+    "check_alerts": "RUNNING",
 }
 
 

@@ -36,6 +36,9 @@ locals {
     MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR = "false"
     # Dagster's links to MLflow runs open the public UI, not the internal address.
     DROUGHTWATCH_MLFLOW_UI_URL = "https://${var.mlflow_hostname}"
+    # Alerts' links open the public Dagster UI. Their destinations (DROUGHTWATCH_ALERT_*,
+    # DROUGHTWATCH_SMTP_URL) are not set here: add them to the code server, see README.md.
+    DROUGHTWATCH_DAGSTER_UI_URL = "https://${var.dagster_hostname}"
   }
 
   workspace_env = {

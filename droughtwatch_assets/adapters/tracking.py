@@ -344,13 +344,18 @@ class Tracking:
                         os.environ[key] = value
 
     @contextmanager
-    def run(self, *, run_name: str, tags: Mapping[str, str]) -> Iterator[ActiveRun]:
-        """Open a new MLflow run; it ends FINISHED on success, FAILED on an exception (re-raised),
-        KILLED on an interrupt. A run is never left RUNNING and never reused."""
-        created = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
-        )
-        active = ActiveRun(self, created.info.run_id, self.experiment_id)
+    def run(
+        self, *, run_name: str, tags: Mapping[str, str], resume: str | None = None
+    ) -> Iterator[ActiveRun]:
+        """Open a new MLflow run, or `resume` an unfinished one of this experiment (a training
+        that was killed: it continues in the same run); it ends FINISHED on success, FAILED on
+        an exception (re-raised), KILLED on an interrupt. A finished run is never reused."""
+        active = self._resumable(resume, tags) if resume else None
+        if active is None:
+            created = self.client.create_run(
+                self.experiment_id, run_name=run_name, tags={k: str(v) for k, v in tags.items()}
+            )
+            active = ActiveRun(self, created.info.run_id, self.experiment_id)
         try:
             yield active
         except Exception:
@@ -360,6 +365,21 @@ class Tracking:
             self.client.set_terminated(active.run_id, "KILLED")
             raise
         self.client.set_terminated(active.run_id, "FINISHED")
+
+    def _resumable(self, run_id: str, tags: Mapping[str, str]) -> ActiveRun | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        if run.info.experiment_id != self.experiment_id or run.info.status == "FINISHED":
+            return None
+        self.client.update_run(run_id, status="RUNNING")
+        attempts = int(run.data.tags.get("droughtwatch.attempts", "1")) + 1
+        for key, value in {**tags, "droughtwatch.attempts": attempts}.items():
+            self.client.set_tag(run_id, key, str(value))
+        return ActiveRun(self, run_id, self.experiment_id)
 
     def run_url(self, run_id: str) -> str:
         """The run's page in the MLflow UI (never with the tracking URI's credentials); without
@@ -375,6 +395,15 @@ class Tracking:
             return self.client.get_run(run_id).info.artifact_uri or f"mlflow:/runs/{run_id}"
         except MlflowException:
             return f"mlflow:/runs/{run_id}"
+
+    def version_ui_url(self, variant: str, version: str) -> str | None:
+        """The model version's page in the MLflow UI, when there is a UI address."""
+        base = self.ui_url
+        if base is None and self.tracking_uri.startswith(("http://", "https://")):
+            base = without_credentials(self.tracking_uri)
+        if base is None:
+            return None
+        return f"{base.rstrip('/')}/#/models/{model_name(variant)}/versions/{version}"
 
     def _log_keras_model(self, run: ActiveRun, model: Any, input_example: np.ndarray) -> str:
         quiet_import("keras")  # mlflow.keras imports it

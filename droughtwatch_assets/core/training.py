@@ -413,6 +413,48 @@ class TrainingResult:
     majority: ClassificationMetrics  # val labels scored by always predicting the train majority
     train_shards: list[str]
     val_shards: list[str]
+    epochs_done: int = 0  # epochs completed, those of an interrupted attempt included
+    resumed_from: int = 0  # the epoch a checkpoint let this attempt start at
+    stopped_early: bool = False
+
+
+EpochHook = Callable[[int, dict[str, float]], None]
+"""Called after every epoch with its number (from 0) and its metrics (loss, accuracy,
+val_loss, val_accuracy)."""
+
+
+def _epoch_callback(hook: EpochHook) -> Any:
+    keras = quiet_import("keras")
+
+    class _EachEpoch(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+            hook(epoch, {k: float(v) for k, v in (logs or {}).items()})
+
+    return _EachEpoch()
+
+
+def checkpoint_key(variant: Variant, corpus_fingerprint: str, max_records: int | None) -> str:
+    """A name for the checkpoint of one training: the variant (every field), the corpus and the
+    record cap. A training of anything else never resumes from it."""
+    import hashlib
+    import json
+
+    spec = json.dumps([variant.params(), corpus_fingerprint, max_records], sort_keys=True)
+    return f"{variant.name}-{hashlib.sha256(spec.encode()).hexdigest()[:16]}"
+
+
+def _checkpoint_epoch(checkpoint_dir: str | None) -> int:
+    """The epochs a checkpoint folder holds (Keras BackupAndRestore's metadata), 0 if none."""
+    import json
+    import os
+
+    if checkpoint_dir is None:
+        return 0
+    path = os.path.join(checkpoint_dir, "training_metadata.json")
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        return int(json.load(f).get("epoch", 0))
 
 
 def set_determinism(seed: int) -> None:
@@ -441,6 +483,8 @@ def train_variant(
     epochs: int | None = None,
     max_records: int | None = None,
     callbacks: Sequence[Any] = (),
+    on_epoch: EpochHook | None = None,
+    checkpoint_dir: str | None = None,
     verbose: int = 0,
 ) -> TrainingResult:
     """Train `variant` (with `epochs` overriding its own) and evaluate it on `val`.
@@ -448,6 +492,13 @@ def train_variant(
     Checks the variant and the arguments before any shard is loaded. Seeded and deterministic
     on CPU: the same variant and shards give identical weights. With 0 epochs the untrained
     model is still evaluated. `max_records` caps the records per pass of train and of val.
+
+    `on_epoch` hears of every epoch as it ends. With `checkpoint_dir`, the weights and the epoch
+    are saved there after every epoch (Keras' BackupAndRestore), and a training that finds a
+    checkpoint resumes after its last epoch; the caller removes the folder once the model is
+    safe elsewhere. The variant's `early_stopping_patience` stops a training whose validation
+    loss has not improved for that many epochs, with the best epoch's weights (the patience
+    counts again from a resumed epoch).
     """
     variant = with_overrides(variant, epochs=epochs)
     _require_sources(train, "train", variant)
@@ -465,7 +516,25 @@ def train_variant(
         seed=variant.seed,
     )
     history: dict[str, list[float]] = {key: [] for key in HISTORY_KEYS}
+    resumed_from = min(_checkpoint_epoch(checkpoint_dir), variant.epochs)
+    stopper = None
     if variant.epochs > 0:
+        keras = quiet_import("keras")
+        hooks: list[Any] = list(callbacks)
+        if on_epoch is not None:
+            # Before the checkpoint: an epoch is reported, then saved. A kill in between repeats
+            # that epoch (reported twice), never skips one.
+            hooks.append(_epoch_callback(on_epoch))
+        if checkpoint_dir is not None:
+            # Kept after training: the caller removes it once the model is logged.
+            hooks.append(keras.callbacks.BackupAndRestore(checkpoint_dir, delete_checkpoint=False))
+        if variant.early_stopping_patience is not None:
+            stopper = keras.callbacks.EarlyStopping(
+                monitor="val_loss",
+                patience=variant.early_stopping_patience,
+                restore_best_weights=True,
+            )
+            hooks.append(stopper)
         val_data = make_dataset(val, variant, training=False, max_records=max_records)
         with warnings.catch_warnings():
             # A stream of unknown length (sources that cannot count their images) makes Keras
@@ -479,13 +548,17 @@ def train_variant(
                 validation_data=val_data,
                 epochs=variant.epochs,
                 class_weight=variant.class_weight_map,
-                callbacks=list(callbacks),
+                callbacks=hooks,
                 verbose=verbose,
                 shuffle=False,  # the stream shuffles shards and examples itself
             )
         history.update({k: [float(v) for v in values] for k, values in fitted.history.items()})
     else:
         # Nothing to fit, but the majority baseline still needs the train class balance.
+        for _ in train_stream():
+            pass
+    if train_stream.first_pass is None:
+        # Resumed from a checkpoint of the last epoch: fit had nothing left to do.
         for _ in train_stream():
             pass
     train_pass = train_stream.first_pass
@@ -503,6 +576,9 @@ def train_variant(
         majority=majority_metrics(y_val, majority_class),
         train_shards=[s.key for s in train],
         val_shards=[s.key for s in val],
+        epochs_done=resumed_from + len(history["loss"]),
+        resumed_from=resumed_from,
+        stopped_early=bool(stopper is not None and stopper.stopped_epoch > 0),
     )
 
 

@@ -15,6 +15,7 @@ from droughtwatch_assets.adapters.tracking import (
     default_tracking_uri,
     default_ui_url,
 )
+from droughtwatch_assets.defs.alerts import AlertsResource
 from droughtwatch_assets.pipeline import lake
 from droughtwatch_assets.settings import ENV, Settings
 
@@ -31,6 +32,9 @@ class StorageResource(dg.ConfigurableResource):
     lake: str
     s3_endpoint_url: str | None = None
     sqs_queue_url: str | None = None
+    checkpoints: str | None = None
+    """A local folder where a training keeps its last epoch until its model is in MLflow (a
+    killed training resumes from it); None: no checkpoints."""
 
     def data_store(self) -> Store:
         return open_store(self.data_root, endpoint_url=self.s3_endpoint_url)
@@ -144,6 +148,15 @@ def build_resources(settings: Settings) -> dict[str, Any]:
             lake=lake_root,
             s3_endpoint_url=endpoint,
             sqs_queue_url=configured(settings, "sqs_queue_url"),
+            checkpoints=str(settings.home / "checkpoints"),
         ),
         "io_manager": LakeIOManager(lake=lake_root, s3_endpoint_url=endpoint),
+        "alerts": AlertsResource(
+            webhook_url=configured(settings, "alert_webhook_url"),
+            slack_webhook_url=configured(settings, "alert_slack_webhook_url"),
+            email_to=configured(settings, "alert_email_to"),
+            email_from=configured(settings, "alert_email_from"),
+            smtp_url=configured(settings, "smtp_url"),
+            dagster_ui_url=configured(settings, "dagster_ui_url"),
+        ),
     }

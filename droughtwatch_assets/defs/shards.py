@@ -28,9 +28,10 @@ import xarray as xr
 
 from droughtwatch_assets.adapters.storage import ObjectNotFound, StorageError
 from droughtwatch_assets.core.images import CLOUD_MAX_FRACTION, CloudPolicy
-from droughtwatch_assets.core.variants import get_variant
+from droughtwatch_assets.core.variants import SERVING_VARIANT, get_variant
 from droughtwatch_assets.defs.inference import assets as inference
 from droughtwatch_assets.defs.ingest import assets as ingest
+from droughtwatch_assets.defs.keys import SERVING_MODEL
 from droughtwatch_assets.defs.monitoring import assets as monitoring
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
@@ -50,8 +51,9 @@ class ShardConfig(dg.Config):
     """Ingest: 'flag' keeps cloudy images with cloudy=True; 'remove' drops them."""
     max_cloud_fraction: float = CLOUD_MAX_FRACTION
     """Ingest: an image is cloudy when more than this fraction of its pixels is cloudy."""
-    variant: str = "baseline"
-    """Predictions: whose champion scores the shards."""
+    variant: str | None = None
+    """Predictions: None scores with the serving model (the version serving_model recorded); a
+    variant's name, with that variant's champion now."""
     drift_threshold: float = monitoring.DRIFT_THRESHOLD
     """Monitoring: prediction drift (Jensen-Shannon distance) above which the check warns."""
 
@@ -122,9 +124,23 @@ class _ShardRun:
     def champion(self) -> inference.Champion:
         if self._champion is None:
             tracking = self.mlflow.tracking()
-            self._champion = inference.Champion(tracking, get_variant(self.config.variant))
+            self._champion = self._resolve(tracking)
             self._references = monitoring.References(tracking)
         return self._champion
+
+    def _resolve(self, tracking) -> inference.Champion:
+        """The model that scores this run: the serving model's recorded version (the champion
+        of its variant when serving_model was never materialized), or run config's variant's
+        champion."""
+        if self.config.variant is not None:
+            return inference.Champion(tracking, get_variant(self.config.variant))
+        record = self.context.instance.get_latest_materialization_event(SERVING_MODEL)
+        if record is None or record.asset_materialization is None:
+            return inference.Champion(tracking, get_variant(SERVING_VARIANT))
+        metadata = record.asset_materialization.metadata
+        return inference.Champion(
+            tracking, get_variant(metadata["variant"].value), str(metadata["version"].value)
+        )
 
     def noting(self, events: Iterable) -> Iterator:
         """`events`, passed on; a failed blocking check is noted against its shard, so the run's

@@ -29,6 +29,7 @@ MONITORING_METRICS = "monitoring_metrics"  # rows in the metrics database, nothi
 TRAINING_CORPUS = "training_corpus"
 TRAINED_MODEL = "trained_model"
 REGISTERED_MODEL = "registered_model"
+SERVING_MODEL = "serving_model"  # the MLflow registry's champion that scores, nothing in the lake
 
 SUFFIXES = {xr.Dataset: ".arrow", pd.DataFrame: ".parquet", dict: ".json"}
 # What each asset stores per partition (a trained model's own files live in MLflow; the lake

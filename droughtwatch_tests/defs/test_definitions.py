@@ -120,6 +120,8 @@ def test_every_sensor_and_schedule_runs_from_the_start():
         "drop_sensor": dg.DefaultSensorStatus.RUNNING,
         "retrain_on_new_labels": dg.DefaultSensorStatus.RUNNING,
         "default_automation_condition_sensor": dg.DefaultSensorStatus.RUNNING,
+        "run_failure_alert": dg.DefaultSensorStatus.RUNNING,
+        "check_alerts": dg.DefaultSensorStatus.RUNNING,
     }
     assert {s.name: s.default_status for s in repo.schedule_defs} == {
         "baseline_daily": dg.DefaultScheduleStatus.RUNNING

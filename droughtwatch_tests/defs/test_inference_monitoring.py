@@ -236,3 +236,75 @@ def test_database_away_for_a_moment_is_retried(loop, postgres, monkeypatch):
     assert [e.step_key for e in retried][:1] == ["process_shards"]
     [row] = metrics_rows(settings, DROP)
     assert row["dagster_run_id"] == result.run_id
+
+
+def test_a_new_serving_model_marks_older_predictions_stale(loop):
+    """serving_model (materialized by training_job) is upstream of batch_predictions: the
+    predictions made by its version are fresh, a promotion makes them stale in Dagster's own
+    staleness (what the UI shows), and scoring again makes them fresh with the new version.
+    Kept last in the module: it moves the champion."""
+    from dagster._core.definitions.data_version import (
+        CachingStaleStatusResolver,
+        StaleStatus,
+    )
+    from dagster._core.loader import LoadingContextForTest
+
+    from droughtwatch_assets.adapters.tracking import (
+        Tracking,
+        default_artifact_root,
+        default_tracking_uri,
+    )
+
+    settings, instance, _ = loop
+    key = "val/part-r-00000"
+    serving, predictions = dg.AssetKey("serving_model"), dg.AssetKey("batch_predictions")
+    defs = build_definitions(settings)
+    graph = defs.resolve_asset_graph()
+    assert serving in graph.get(predictions).parent_keys
+    recorded = instance.get_latest_materialization_event(serving)
+    assert recorded.tags["dagster/data_version"] == "droughtwatch-baseline/1"
+
+    def score() -> None:
+        job = defs.resolve_job_def("rescore_job")
+        assert job.execute_in_process(partition_key=key, instance=instance).success
+
+    def resolver() -> CachingStaleStatusResolver:
+        """What the webserver asks for an asset's stale status."""
+        return CachingStaleStatusResolver(instance, graph, LoadingContextForTest(instance))
+
+    def status() -> StaleStatus:
+        return resolver().get_status(predictions, key)
+
+    def materialize_serving() -> None:
+        # The definitions' own asset, its resources bound.
+        assert dg.materialize([defs.resolve_assets_def("serving_model")], instance=instance).success
+
+    score()
+    assert status() == StaleStatus.FRESH
+    # The same champion again: serving_model records nothing, nothing goes stale.
+    def recorded_count() -> int:
+        return len(instance.fetch_materializations(serving, limit=100).records)
+
+    before = recorded_count()
+    materialize_serving()
+    assert recorded_count() == before
+    assert status() == StaleStatus.FRESH
+
+    # A promotion (version 2 of the same model, aliased champion) and serving_model follows.
+    tracking = Tracking(default_tracking_uri(settings), default_artifact_root(settings))
+    v1_run = tracking.version_run_id("baseline", "1")
+    source = tracking.client.get_model_version("droughtwatch-baseline", "1").source
+    version = tracking.register(source, "baseline", run_id=v1_run)
+    tracking.set_alias("baseline", "champion", version)
+    materialize_serving()
+    latest = instance.get_latest_materialization_event(serving)
+    assert latest.tags["dagster/data_version"] == f"droughtwatch-baseline/{version}"
+    assert status() == StaleStatus.STALE
+    [cause] = resolver().get_stale_root_causes(predictions, key)
+    assert cause.asset_key == serving
+
+    score()
+    assert status() == StaleStatus.FRESH
+    lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
+    frame = pq.read_table(io.BytesIO(lake.read_bytes(f"batch_predictions/{key}.parquet")))
+    assert set(frame.to_pandas()["model_version"]) == {version}

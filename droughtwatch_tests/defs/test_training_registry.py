@@ -216,3 +216,97 @@ def test_models_command_lists_versions_aliases_and_decisions(settings, corpus, c
     assert "droughtwatch-baseline" in out and "v1" in out and "champion" in out
     assert "challenger" in out  # v2 of baseline holds it after the refused retrain
     assert "refused" in out and "promoted" in out  # the decision history
+
+
+KILLED_TRAINING = """
+import sys
+import dagster as dg
+from droughtwatch_assets.definitions import build_definitions
+from droughtwatch_assets.settings import Settings
+
+from pathlib import Path
+
+home = Path(sys.argv[1])
+settings = Settings(home, str(home / "data"), str(home / "lake"), None)
+job = build_definitions(settings).resolve_job_def("training_job")
+with dg.instance_for_test() as instance:
+    job.execute_in_process(
+        partition_key="useful", instance=instance,
+        run_config={"ops": {"trained_model": {"config": {"epochs": 6}}}},
+    )
+"""
+
+
+def test_a_killed_training_resumes_where_it_stopped_in_the_same_mlflow_run(
+    settings, instance, corpus, home
+):
+    """kill -9 after the second epoch's checkpoint; the next training of the same variant and
+    corpus starts at that epoch, continues the same MLflow run (every epoch's metrics present
+    live, step by step) and ends it FINISHED; the checkpoint is then removed."""
+    import contextlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_TRAINING, str(home)])
+    checkpoints = home / "checkpoints"
+    deadline, epoch = time.monotonic() + 300, 0
+    try:
+        while epoch < 2:
+            assert proc.poll() is None, "the training ended before it could be killed"
+            assert time.monotonic() < deadline, "no checkpoint of epoch 2 within 300 s"
+            for meta in checkpoints.glob("useful-*/training_metadata.json"):
+                with contextlib.suppress(ValueError, OSError):  # being written
+                    epoch = json.loads(meta.read_text())["epoch"]
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    [folder] = checkpoints.glob("useful-*")
+    killed_run = (folder / "mlflow_run_id").read_text()
+    client = MlflowClient(default_tracking_uri(settings))
+    assert client.get_run(killed_run).info.status == "RUNNING"  # kill -9: nobody could end it
+    logged = {m.step for m in client.get_metric_history(killed_run, "epoch_loss")}
+    assert logged >= {0, 1}  # live, while it trained
+
+    result = train(settings, instance, "useful", epochs=6)
+    assert result.success, [e.message for e in result.all_events if e.is_failure]
+    trained = materialization(result, "trained_model")
+    assert trained["mlflow_run_id"] == killed_run
+    assert trained["resumed_from_epoch"] >= 2 and trained["epochs_done"] == 6
+    run = client.get_run(killed_run)
+    assert run.info.status == "FINISHED" and run.data.tags["droughtwatch.attempts"] == "2"
+    steps = [m.step for m in client.get_metric_history(killed_run, "epoch_val_loss")]
+    assert set(steps) == set(range(6))
+    assert not folder.exists()
+    logs = [e.message for e in result.all_events if e.event_type_value == "LOGS_CAPTURED"] + [
+        r.user_message for r in instance.all_logs(result.run_id) if r.user_message
+    ]
+    assert any("resumed from the checkpoint of epoch" in m for m in logs)
+    assert any("useful epoch 6/6" in m for m in logs)
+
+
+def test_early_stopping_keeps_the_best_epoch(settings, corpus):
+    """A patience of 1 on a long training stops it once validation loss stalls."""
+    import dataclasses
+
+    from droughtwatch_assets.core.training import train_variant
+    from droughtwatch_assets.core.variants import get_variant
+    from droughtwatch_assets.pipeline.corpus import corpus_manifest, shard_sources
+
+    variant = dataclasses.replace(get_variant("baseline"), epochs=25, early_stopping_patience=1)
+    lake = open_store(settings.lake)
+    manifest = corpus_manifest(lake)
+    seen: list[int] = []
+    result = train_variant(
+        variant,
+        shard_sources(lake, manifest.train, variant),
+        shard_sources(lake, manifest.val, variant),
+        on_epoch=lambda epoch, logs: seen.append(epoch),
+    )
+    assert result.stopped_early and result.epochs_done < 25
+    assert seen == list(range(result.epochs_done)) == list(range(len(result.history["loss"])))
+    val_loss = result.history["val_loss"]
+    # Stopped one epoch after the best (patience 1): the last epoch did not improve on it.
+    assert val_loss[-1] >= min(val_loss[:-1])

@@ -14,7 +14,7 @@ from droughtwatch_assets.adapters.tracking import Tracking, model_name
 from droughtwatch_assets.core.training import predict_shards
 from droughtwatch_assets.core.variants import Variant
 from droughtwatch_assets.defs import checks as shard_checks
-from droughtwatch_assets.defs.keys import FILTERED, INDICES, PREDICTIONS
+from droughtwatch_assets.defs.keys import FILTERED, INDICES, PREDICTIONS, SERVING_MODEL
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.pipeline import lake
 
@@ -24,13 +24,16 @@ PROBABILITY_TOLERANCE = 1e-3
 
 SPEC = dg.AssetSpec(
     PREDICTIONS,
-    deps=[FILTERED, INDICES],
-    description="Predictions for every kept image of the shard by the champion of a variant "
-    "(run config `variant`), resolved when the run starts: ID, P_0..P_3, label (argmax), "
-    "P_label, model_name, model_version, one Parquet file per shard. On a labelled shard this is "
-    "an evaluation too (monitoring_metrics computes accuracy). A champion promoted later does "
-    "not rewrite these: re-scoring is an explicit backfill (`droughtwatch score --again`, or "
-    "rescore_job over a partition selection).",
+    deps=[FILTERED, INDICES, SERVING_MODEL],
+    description="Predictions for every kept image of the shard by the serving model (the "
+    "version serving_model last recorded; run config `variant` scores with another variant's "
+    "champion instead): ID, P_0..P_3, label (argmax), P_label, model_name, model_version, one "
+    "Parquet file per shard. On a labelled shard this is an evaluation too (monitoring_metrics "
+    "computes accuracy). A new serving model marks these stale but does not rewrite them: "
+    "re-scoring is an explicit backfill (`droughtwatch score --again`, or rescore_job over a "
+    "partition selection). The drop sensor scores shards under drops/ only; train/ and val/ "
+    "partitions stay missing here unless someone scores them (`droughtwatch score --prefix "
+    "val/` measures the champion on labelled shards).",
     group_name=GROUP,
     kinds={"keras", "parquet"},
     partitions_def=shards,
@@ -50,10 +53,11 @@ class NoChampion(RuntimeError):
 class Champion:
     """The champion of a variant, resolved once per run and loaded on first use."""
 
-    def __init__(self, tracking: Tracking, variant: Variant):
+    def __init__(self, tracking: Tracking, variant: Variant, version: str | None = None):
+        """The given version of the variant's model, else its champion now."""
         self.variant = variant
         self.name = model_name(variant.name)
-        self.version = tracking.alias_version(variant.name, CHAMPION)
+        self.version = version or tracking.alias_version(variant.name, CHAMPION)
         self._tracking = tracking
         self._model = None
 

@@ -31,7 +31,9 @@ SPEC = dg.AssetSpec(
     "shards), feature drift (PSI and Wasserstein distance of per-image mean NDVI and NDMI "
     "against the model's training shards), and accuracy and macro F1 when the shard is "
     "labelled. The table is this asset's only store: one upsert per shard, at the end of its "
-    "work, so a shard that fails leaves no row.",
+    "work, so a shard that fails leaves no row. Partitions under train/ and val/ stay missing "
+    "until someone scores them (see batch_predictions): the partitions are the shards', so that "
+    "one run can ingest, score and monitor a drop.",
     group_name=GROUP,
     kinds={"sql"},
     partitions_def=shards,

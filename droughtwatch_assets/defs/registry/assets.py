@@ -4,12 +4,14 @@ gate (a blocking check), with every decision recorded."""
 import datetime as dt
 
 import dagster as dg
+from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from droughtwatch_assets.adapters import metricsdb
 from droughtwatch_assets.adapters.tracking import model_name
 from droughtwatch_assets.core.promotion import GateDecision, promotion_gate
 from droughtwatch_assets.core.training import evaluate
-from droughtwatch_assets.core.variants import get_variant
+from droughtwatch_assets.core.variants import SERVING_VARIANT, get_variant
+from droughtwatch_assets.defs.keys import REGISTERED_MODEL, SERVING_MODEL
 from droughtwatch_assets.defs.partitions import variants
 from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
 from droughtwatch_assets.pipeline import lake
@@ -155,3 +157,60 @@ def registered_model(
             "margin": decision.margin,
         },
     )
+
+
+class ServingConfig(dg.Config):
+    variant: str = SERVING_VARIANT
+    """Whose champion scores new shards."""
+
+
+def serving_metadata(name: str, variant: str, version: str, ui_url: str | None) -> dict:
+    return {
+        "model_name": name,
+        "variant": variant,
+        "version": version,
+        **({"registry": dg.MetadataValue.url(ui_url)} if ui_url else {}),
+    }
+
+
+@dg.asset(
+    key=SERVING_MODEL,
+    group_name=GROUP,
+    deps=[REGISTERED_MODEL],
+    output_required=False,
+    # A registered_model materialized on its own (the UI, `dagster asset materialize`) moves the
+    # champion too: this follows it. training_job materializes it in the same run.
+    automation_condition=dg.AutomationCondition.any_deps_updated()
+    & ~dg.AutomationCondition.in_progress(),
+    kinds={"mlflow"},
+)
+def serving_model(context: dg.AssetExecutionContext, config: ServingConfig, mlflow: MlflowResource):
+    """The model that scores shards: the champion of one variant (run config `variant`,
+    default baseline), pinned as a version. Its data version is `<model name>/<version>`, and
+    batch_predictions depends on it, so the graph shows which model made the predictions and a
+    new champion marks older predictions stale. It materializes only when the serving model
+    changes (a promotion, or another `variant`): scoring again is still an explicit backfill."""
+    variant = get_variant(config.variant)
+    tracking = mlflow.tracking()
+    name = model_name(variant.name)
+    version = tracking.alias_version(variant.name, CHAMPION)
+    if version is None:
+        context.log.warning(f"{name} has no champion yet: nothing serves, nothing to record.")
+        return
+    data_version = serving_data_version(name, version)
+    previous = context.instance.get_latest_materialization_event(SERVING_MODEL)
+    if previous is not None and previous.tags.get(DATA_VERSION_TAG) == data_version:
+        context.log.info(f"{name} v{version} still serves: nothing changed.")
+        return
+    context.log.info(f"{name} v{version} serves from now on.")
+    yield dg.Output(
+        {"model_name": name, "variant": variant.name, "version": version},
+        data_version=dg.DataVersion(data_version),
+        metadata=serving_metadata(
+            name, variant.name, version, tracking.version_ui_url(variant.name, version)
+        ),
+    )
+
+
+def serving_data_version(name: str, version: str) -> str:
+    return f"{name}/{version}"

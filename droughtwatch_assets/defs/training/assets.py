@@ -1,12 +1,17 @@
 """The training assets: the labelled corpus, and one trained Keras model per variant."""
 
+import shutil
+from pathlib import Path
+
 import dagster as dg
 import numpy as np
 
+from droughtwatch_assets.adapters.tracking import HISTORY_PREFIX
 from droughtwatch_assets.core.metrics import ClassificationMetrics
 from droughtwatch_assets.core.training import (
     ShardSource,
     TrainingResult,
+    checkpoint_key,
     shard_features,
     train_variant,
 )
@@ -18,6 +23,35 @@ from droughtwatch_assets.pipeline.corpus import CorpusManifest, corpus_manifest,
 from droughtwatch_assets.pipeline.monitoring import REFERENCE_ARTIFACT, training_reference
 
 GROUP = "training"
+
+
+class Checkpoint:
+    """The local folder where one training keeps its last epoch (Keras' BackupAndRestore) and
+    its MLflow run id, so that a killed training resumes in the same MLflow run; removed once
+    the model is in MLflow. No folder configured: no checkpoint."""
+
+    RUN_FILE = "mlflow_run_id"
+
+    def __init__(self, path: str | None):
+        self.path = path
+
+    @classmethod
+    def for_training(cls, root: str | None, key: str) -> "Checkpoint":
+        return cls(None if root is None else str(Path(root) / key))
+
+    def mlflow_run_id(self) -> str | None:
+        if self.path is None or not (Path(self.path) / self.RUN_FILE).exists():
+            return None
+        return (Path(self.path) / self.RUN_FILE).read_text().strip() or None
+
+    def remember(self, run_id: str) -> None:
+        if self.path is not None:
+            Path(self.path).mkdir(parents=True, exist_ok=True)
+            (Path(self.path) / self.RUN_FILE).write_text(run_id)
+
+    def remove(self) -> None:
+        if self.path is not None:
+            shutil.rmtree(self.path, ignore_errors=True)
 
 
 @dg.asset(
@@ -85,20 +119,19 @@ def input_example(sources: list[ShardSource], variant) -> np.ndarray:
 def log_training(
     run,
     result: TrainingResult,
-    variant,
     manifest: CorpusManifest,
     example: np.ndarray,
     reference: dict,
 ) -> str:
-    run.log_params(variant.params())
+    """What a finished training adds to its MLflow run (its parameters and per-epoch metrics
+    were logged as it went)."""
     run.log_params(
         {
             "train_records": str(result.train_records),
             "val_records": str(result.val_records),
-            "corpus_fingerprint": manifest.fingerprint,
         }
     )
-    run.log_history(result.history)
+    run.log_metrics({"epochs_done": result.epochs_done, "stopped_early": int(result.stopped_early)})
     run.log_metrics({f"val_{k}": v for k, v in result.val_metrics.as_dict().items()})
     run.log_metrics({f"majority_{k}": v for k, v in result.majority.as_dict().items()})
     run.log_figure_confusion(result.val_metrics.confusion)
@@ -144,23 +177,48 @@ def trained_model(
             f"{len(train)} train and {len(val)} val shards. Ingest some first "
             "(droughtwatch discover --materialize, or the drop sensor)."
         )
-    context.log.info(
-        f"training {variant.name}: {len(train)} train and {len(val)} val shards, "
-        f"{variant.epochs} epochs"
-    )
-    result = train_variant(variant, train, val, max_records=config.max_records)
     tracking = mlflow.tracking()
     tags = {
         "dagster.run_id": context.run.run_id,
         "dagster.partition": context.partition_key,
         "droughtwatch.variant": variant.name,
     }
-    with tracking.run(run_name=f"{variant.name}-{context.run.run_id[:8]}", tags=tags) as run:
-        reference = training_reference(lake, manifest.train, result.val_metrics.confusion)
-        model_uri = log_training(
-            run, result, variant, manifest, input_example(val, variant), reference
+    checkpoint = Checkpoint.for_training(
+        storage.checkpoints, checkpoint_key(variant, manifest.fingerprint, config.max_records)
+    )
+    run_name = f"{variant.name}-{context.run.run_id[:8]}"
+    with tracking.run(run_name=run_name, tags=tags, resume=checkpoint.mlflow_run_id()) as run:
+        checkpoint.remember(run.run_id)
+        run.log_params({**variant.params(), "corpus_fingerprint": manifest.fingerprint})
+        context.log.info(
+            f"training {variant.name}: {len(train)} train and {len(val)} val shards, "
+            f"{variant.epochs} epochs; MLflow run {run.url}"
         )
+
+        def on_epoch(epoch: int, logs: dict[str, float]) -> None:
+            run.log_metrics({f"{HISTORY_PREFIX}{k}": v for k, v in logs.items()}, step=epoch)
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in logs.items())
+            context.log.info(f"{variant.name} epoch {epoch + 1}/{variant.epochs}: {shown}")
+
+        result = train_variant(
+            variant,
+            train,
+            val,
+            max_records=config.max_records,
+            on_epoch=on_epoch,
+            checkpoint_dir=checkpoint.path,
+        )
+        if result.resumed_from:
+            context.log.info(f"resumed from the checkpoint of epoch {result.resumed_from}")
+        if result.stopped_early:
+            context.log.info(
+                f"stopped early after {result.epochs_done} epochs: validation loss had not "
+                f"improved for {variant.early_stopping_patience}"
+            )
+        reference = training_reference(lake, manifest.train, result.val_metrics.confusion)
+        model_uri = log_training(run, result, manifest, input_example(val, variant), reference)
         run_id, run_url = run.run_id, run.url
+    checkpoint.remove()  # the model is in MLflow: nothing left to resume
     value = {
         "variant": variant.name,
         "mlflow_run_id": run_id,
@@ -181,6 +239,9 @@ def trained_model(
             "majority_val_accuracy": result.majority.accuracy,
             "train_records": result.train_records,
             "epochs": variant.epochs,
+            "epochs_done": result.epochs_done,
+            "resumed_from_epoch": result.resumed_from,
+            "stopped_early": result.stopped_early,
             "mlflow_run": dg.MetadataValue.url(run_url) if run_url.startswith("http") else run_url,
             "mlflow_run_id": run_id,
             "corpus_fingerprint": manifest.fingerprint,

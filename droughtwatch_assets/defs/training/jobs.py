@@ -16,9 +16,10 @@ def build_training_job(settings: Settings) -> Any:
     return dg.define_asset_job(
         TRAINING_JOB,
         selection=dg.AssetSelection.assets(
-            lake.TRAINING_CORPUS, lake.TRAINED_MODEL, lake.REGISTERED_MODEL
+            lake.TRAINING_CORPUS, lake.TRAINED_MODEL, lake.REGISTERED_MODEL, lake.SERVING_MODEL
         ),
-        description="List the corpus, train one variant, register it and run the promotion gate.",
+        description="List the corpus, train one variant, register it, run the promotion gate, "
+        "and record the model that now serves (serving_model).",
         tags=run_tags(
             "training",
             gpus=settings.training_gpus,
