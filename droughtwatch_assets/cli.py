@@ -307,7 +307,9 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 def score_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOutcome]:
     """Run rescore_job (batch_predictions + monitoring_metrics) over the shards, many per run."""
     with _progress(len(keys), "score") as bar:
-        return runs.run_batches("rescore_job", keys, settings=settings, progress=bar)
+        outcomes = runs.run_batches("rescore_job", keys, settings=settings, progress=bar)
+    runs.execute(runs.create_run("drift_summary_job", []))  # drift_by_drop_date, refreshed
+    return outcomes
 
 
 def print_scores(outcomes: list[ShardOutcome]) -> None:

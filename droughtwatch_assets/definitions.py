@@ -11,9 +11,10 @@ import warnings
 import dagster as dg
 
 from droughtwatch_assets.defs.alerts import build_check_alerts, run_failure_alert
-from droughtwatch_assets.defs.inference.jobs import drop_job, rescore_job
+from droughtwatch_assets.defs.inference.jobs import drift_summary_job, drop_job, rescore_job
 from droughtwatch_assets.defs.ingest.jobs import ingest_job
 from droughtwatch_assets.defs.ingest.sensors import build_drop_sensor
+from droughtwatch_assets.defs.monitoring.assets import drift_by_drop_date
 from droughtwatch_assets.defs.registry.assets import registered_model, serving_model
 from droughtwatch_assets.defs.resources import build_resources
 from droughtwatch_assets.defs.shards import build_shard_assets
@@ -56,12 +57,13 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
             trained_model,
             registered_model,
             serving_model,
+            drift_by_drop_date,
         ]
     )
     checks = sorted({key for a in assets for key in a.check_keys}, key=str)
     return dg.Definitions(
         assets=assets,
-        jobs=[ingest_job, training_job, drop_job, rescore_job],
+        jobs=[ingest_job, training_job, drop_job, rescore_job, drift_summary_job],
         sensors=[
             build_drop_sensor(settings),
             retrain_on_new_labels,

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from droughtwatch_assets.pipeline import batching
+from droughtwatch_assets.pipeline import batching, lake
 from droughtwatch_assets.settings import Settings
 
 if TYPE_CHECKING:
@@ -248,7 +248,7 @@ def _planned_assets(inst: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
         for step in plan.steps
         for output in step.outputs
         if output.properties is not None and output.properties.asset_key is not None
-    }
+    } - lake.UNPARTITIONED  # materialized once per run, not per partition
 
 
 def _root_cause(error: Any) -> str:
@@ -336,6 +336,8 @@ def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
 
 def partition_tags(batch: Sequence[str]) -> dict[str, str]:
     """The run tags that name a batch's partitions: one key, or a range first...last."""
+    if not batch:
+        return {}  # an unpartitioned job
     if len(batch) == 1:
         return {"dagster/partition": batch[0]}
     return {RANGE_START: batch[0], RANGE_END: batch[-1]}

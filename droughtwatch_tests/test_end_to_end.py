@@ -214,6 +214,11 @@ def test_webserver_on_the_code_server_lists_assets_checks_and_sensor(env):
     """The deployment layout: `dagster code-server` serves the code location over gRPC, and the
     webserver loads the repository's workspace.yaml, which points at it."""
     code_port, port = free_port(), free_port()
+    # The instance's SQLite tables exist before two processes open it at once (each would
+    # create them, and the slower one fail with "table ... already exists").
+    with dg.DagsterInstance.from_config(env["DAGSTER_HOME"]) as instance:
+        instance.get_runs(limit=1)
+        instance.all_instigator_state()
     code_server = subprocess.Popen(
         [str(BIN / "dagster"), "code-server", "start", "-h", "127.0.0.1", "-p", str(code_port),
          "-m", "droughtwatch_assets.definitions"],

@@ -21,6 +21,7 @@ from droughtwatch_assets.core.drift import (
     monitoring_row,
     reference_profile,
 )
+from droughtwatch_assets.pipeline.monitoring import drift_by_drop_date
 
 GRAFANA = Path(__file__).resolve().parents[1] / "docker" / "grafana"
 DASHBOARD = GRAFANA / "dashboards" / "droughtwatch-monitoring.json"
@@ -35,6 +36,7 @@ PANEL_TITLES = {
     "Feature drift",
     "Accuracy where labels exist",
     "Processed shards",
+    "Drift by drop date",
 }
 
 
@@ -101,7 +103,7 @@ def test_every_panel_is_raw_sql_on_the_provisioned_source():
             assert target["rawQuery"] is True, title
             assert "monitoring_metrics" in target["rawSql"], title
             assert "$__timeFilter(recorded_at)" in target["rawSql"], title
-            expected = "table" if panel["type"] == "table" else "time_series"
+            expected = "time_series" if panel["type"] == "timeseries" else "table"
             assert target["format"] == expected, title
 
 
@@ -257,16 +259,22 @@ def test_every_panel_and_the_alert_run_on_pipeline_rows(pg_engine: sa.Engine):
     typical = [36, 9, 9, 6]  # the training distribution: little drift
     shards = [
         # Older than the dashboard's range: every panel must leave it out.
-        _shard("2024-06-01/part-r-00000", "1", now - dt.timedelta(days=60), typical, True),
-        _shard("2024-08-01/part-r-00000", "1", now - dt.timedelta(days=3), typical, True),
-        _shard("2024-08-02/part-r-00000", "1", now - dt.timedelta(days=2), typical, False),
+        _shard("drops/2024-06-01/part-r-00000", "1", now - dt.timedelta(days=60), typical, True),
+        _shard("drops/2024-08-01/part-r-00000", "1", now - dt.timedelta(days=3), typical, True),
+        _shard("drops/2024-08-02/part-r-00000", "1", now - dt.timedelta(days=2), typical, False),
         _shard(
-            "2024-08-02/part-r-00000", "2", now - dt.timedelta(days=2, minutes=-5), typical, True
+            "drops/2024-08-02/part-r-00000",
+            "2",
+            now - dt.timedelta(days=2, minutes=-5),
+            typical,
+            True,
         ),
         # Within the alert's last hour: one typical shard, one almost all class 3 with NDVI shifted.
-        _shard("2024-08-03/part-r-00000", "1", now - dt.timedelta(minutes=40), typical, False),
         _shard(
-            "2024-08-03/part-r-00000",
+            "drops/2024-08-03/part-r-00000", "1", now - dt.timedelta(minutes=40), typical, False
+        ),
+        _shard(
+            "drops/2024-08-03/part-r-00000",
             "2",
             now - dt.timedelta(minutes=10),
             [1, 1, 2, 56],
@@ -323,6 +331,18 @@ def test_every_panel_and_the_alert_run_on_pipeline_rows(pg_engine: sa.Engine):
     assert {r["model_version"] for r in table} == {"1", "2"}
     assert table[0]["n_predictions"] == 60
 
+    # In drop-date order, each shard at its latest scoring (2024-08-03: the drifting v2 row),
+    # and the same numbers as Dagster's drift_by_drop_date summary of the same rows.
+    by_date = results["Drift by drop date"]
+    assert [r["drop_date"] for r in by_date] == ["2024-08-01", "2024-08-02", "2024-08-03"]
+    assert [r["shards"] for r in by_date] == [1, 1, 1]
+    assert by_date[-1]["prediction_drift"] == pytest.approx(high["prediction_drift"])
+    summary = drift_by_drop_date(sorted(in_range, key=lambda s: s["recorded_at"]))
+    assert [(r["drop_date"], r["prediction_drift"], r["ndvi_psi"]) for r in summary] == [
+        (r["drop_date"], pytest.approx(r["prediction_drift"]), pytest.approx(r["ndvi_psi"]))
+        for r in by_date
+    ]
+
     rule = _alert_rule()
     window = _alert_query(rule)["relativeTimeRange"]
     columns, rows = _query(
@@ -336,12 +356,12 @@ def test_every_panel_and_the_alert_run_on_pipeline_rows(pg_engine: sa.Engine):
     alert_rows = [dict(zip(columns, r, strict=True)) for r in rows]
     # The last hour holds the two newest shards; only the high-drift one crosses the threshold.
     assert {(r["shard_key"], r["model_version"]) for r in alert_rows} == {
-        ("2024-08-03/part-r-00000", "1"),
-        ("2024-08-03/part-r-00000", "2"),
+        ("drops/2024-08-03/part-r-00000", "1"),
+        ("drops/2024-08-03/part-r-00000", "2"),
     }
     firing = [r for r in alert_rows if r["prediction_drift"] > _alert_threshold(rule)]
     assert [(r["shard_key"], r["model_version"]) for r in firing] == [
-        ("2024-08-03/part-r-00000", "2")
+        ("drops/2024-08-03/part-r-00000", "2")
     ]
 
 

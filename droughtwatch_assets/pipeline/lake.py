@@ -30,6 +30,9 @@ TRAINING_CORPUS = "training_corpus"
 TRAINED_MODEL = "trained_model"
 REGISTERED_MODEL = "registered_model"
 SERVING_MODEL = "serving_model"  # the MLflow registry's champion that scores, nothing in the lake
+DRIFT_BY_DROP_DATE = "drift_by_drop_date"  # a summary of the metrics database, in metadata
+# Assets with no partition: a run over shards (or a variant) materializes them once, not per key.
+UNPARTITIONED = frozenset({TRAINING_CORPUS, SERVING_MODEL, DRIFT_BY_DROP_DATE})
 
 SUFFIXES = {xr.Dataset: ".arrow", pd.DataFrame: ".parquet", dict: ".json"}
 # What each asset stores per partition (a trained model's own files live in MLflow; the lake

@@ -9,7 +9,8 @@ imports Dagster.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -56,3 +57,44 @@ def profiles(reference: dict) -> tuple[list[float], ReferenceProfile, ReferenceP
         ReferenceProfile.from_dict(reference["ndvi_mean"]),
         ReferenceProfile.from_dict(reference["ndmi_mean"]),
     )
+
+
+DROP_DATE = re.compile(r"^drops/(\d{4}-\d{2}-\d{2})/")
+BY_DATE_COLUMNS = (
+    "prediction_drift",
+    "ndvi_psi",
+    "ndmi_psi",
+    "ndvi_wasserstein",
+    "ndmi_wasserstein",
+    "accuracy",
+)
+
+
+def drift_by_drop_date(rows: Sequence[Mapping]) -> list[dict]:
+    """Monitoring rows (``metricsdb.monitoring_rows``, oldest first) as one row per drop date,
+    in date order: the number of shards, the model versions that scored them, and the mean of
+    each drift measure (accuracy over the labelled shards only, None without any). Each shard
+    counts once, with its latest scoring; shards outside ``drops/<date>/`` are left out."""
+    latest: dict[str, Mapping] = {}
+    for row in rows:
+        if DROP_DATE.match(row["shard_key"]):
+            latest[row["shard_key"]] = row  # rows come oldest first: the last one wins
+    by_date: dict[str, list[Mapping]] = {}
+    for key, row in latest.items():
+        by_date.setdefault(DROP_DATE.match(key).group(1), []).append(row)  # type: ignore[union-attr]
+    summary = []
+    for date in sorted(by_date):
+        group = by_date[date]
+        out: dict = {
+            "drop_date": date,
+            "shards": len(group),
+            "models": ", ".join(
+                sorted({f"{r['model_name']} v{r['model_version']}" for r in group})
+            ),
+        }
+        for column in BY_DATE_COLUMNS:
+            values = [r[column] for r in group if r[column] is not None]
+            out[column] = float(np.mean(values)) if values else None
+        out["max_prediction_drift"] = max(float(r["prediction_drift"]) for r in group)
+        summary.append(out)
+    return summary

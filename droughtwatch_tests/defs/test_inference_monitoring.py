@@ -122,6 +122,14 @@ def test_drop_is_found_predicted_and_monitored(loop):
     assert row["accuracy"] is not None  # the generated drop is labelled: an evaluation too
     assert row["ndvi_psi"] >= 0 and row["ndvi_wasserstein"] >= 0
 
+    # The drift summary by drop date (automation, or the CLI after scoring, runs this job).
+    summary_job = build_definitions(settings).resolve_job_def("drift_summary_job")
+    assert summary_job.execute_in_process(instance=instance).success
+    summary = instance.get_latest_materialization_event(dg.AssetKey("drift_by_drop_date"))
+    [record] = summary.asset_materialization.metadata["by_drop_date"].value.records
+    assert record.data["drop_date"] == "2024-08-07" and record.data["shards"] == 1
+    assert record.data["prediction_drift"] == pytest.approx(row["prediction_drift"], abs=1e-4)
+
     # Scored again: the row is replaced, never duplicated.
     again = (
         build_definitions(settings)

@@ -24,3 +24,11 @@ rescore_job = dg.define_asset_job(
     "backfill, never triggered by a promotion.",
     tags=run_tags("inference"),
 )
+# Unpartitioned, so not part of the shard jobs (whose op reports per-shard materializations and
+# would skip a downstream step): automation refreshes it under a daemon, the CLI after scoring.
+drift_summary_job = dg.define_asset_job(
+    "drift_summary_job",
+    selection=dg.AssetSelection.assets(lake.DRIFT_BY_DROP_DATE),
+    description="Refresh drift_by_drop_date from the monitoring table.",
+    tags=run_tags("inference"),
+)

@@ -14,9 +14,11 @@ from droughtwatch_assets.adapters import metricsdb
 from droughtwatch_assets.adapters.tracking import Tracking
 from droughtwatch_assets.core.drift import monitoring_row
 from droughtwatch_assets.defs import checks as shard_checks
-from droughtwatch_assets.defs.keys import INDICES, MONITORING, PREDICTIONS
+from droughtwatch_assets.defs.keys import DRIFT_BY_DROP_DATE, INDICES, MONITORING, PREDICTIONS
 from droughtwatch_assets.defs.partitions import shards
+from droughtwatch_assets.defs.resources import MetricsDbResource
 from droughtwatch_assets.pipeline.monitoring import REFERENCE_ARTIFACT, profiles
+from droughtwatch_assets.pipeline.monitoring import drift_by_drop_date as summarize_by_drop_date
 
 GROUP = "monitoring"
 DRIFT_THRESHOLD = 0.25  # the earlier project's dashboard alerted above 0.25
@@ -115,3 +117,55 @@ def monitor_one(
             else f"prediction drift {drift:.3f} > {drift_threshold}",
         ),
     ]
+
+
+BY_DATE_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("drop_date", "string"),
+        dg.TableColumn("shards", "int"),
+        dg.TableColumn("models", "string"),
+        dg.TableColumn("prediction_drift", "float", description="mean over the date's shards"),
+        dg.TableColumn("max_prediction_drift", "float"),
+        dg.TableColumn("ndvi_psi", "float"),
+        dg.TableColumn("ndmi_psi", "float"),
+        dg.TableColumn("ndvi_wasserstein", "float"),
+        dg.TableColumn("ndmi_wasserstein", "float"),
+        dg.TableColumn("accuracy", "float", description="labelled shards only"),
+    ]
+)
+
+
+@dg.asset(
+    key=DRIFT_BY_DROP_DATE,
+    group_name=GROUP,
+    deps=[MONITORING],
+    kinds={"sql"},
+    automation_condition=dg.AutomationCondition.any_deps_updated()
+    & ~dg.AutomationCondition.in_progress(),
+    description="Drift over time, readable: one row per drop date, in date order (shards, the "
+    "model versions that scored them, mean prediction drift, the highest, feature drift, "
+    "accuracy where labelled), from the monitoring_metrics table, each shard at its latest "
+    "scoring. Declarative automation refreshes it after monitoring_metrics changes, "
+    "`droughtwatch score` at its end (drift_summary_job). The same rows are the "
+    "Grafana dashboard's 'Drift by drop date' panel.",
+)
+def drift_by_drop_date(metrics_db: MetricsDbResource) -> dg.MaterializeResult:
+    rows = summarize_by_drop_date(metricsdb.monitoring_rows(metrics_db.engine()))
+    records = [
+        dg.TableRecord({k: (round(v, 4) if isinstance(v, float) else v)
+                        for k, v in row.items() if v is not None})
+        for row in rows
+    ]  # fmt: skip
+    metadata: dict = {
+        "by_drop_date": dg.MetadataValue.table(records, schema=BY_DATE_SCHEMA),
+        "drop_dates": len(rows),
+    }
+    if rows:
+        latest = rows[-1]
+        metadata |= {
+            "latest_drop_date": latest["drop_date"],
+            "latest_prediction_drift": latest["prediction_drift"],
+            "latest_ndvi_psi": latest["ndvi_psi"],
+            "latest_ndmi_psi": latest["ndmi_psi"],
+        }
+    return dg.MaterializeResult(metadata=metadata)
