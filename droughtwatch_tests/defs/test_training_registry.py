@@ -310,3 +310,34 @@ def test_early_stopping_keeps_the_best_epoch(settings, corpus):
     val_loss = result.history["val_loss"]
     # Stopped one epoch after the best (patience 1): the last epoch did not improve on it.
     assert val_loss[-1] >= min(val_loss[:-1])
+
+
+def test_every_path_ends_its_mlflow_run(settings, instance, corpus):
+    """The paths where dagster-mlflow's run would stay RUNNING (README, "MLflow"): assets
+    materialized without a job's end-of-run hook (the UI's Materialize, `dagster asset
+    materialize`, `dg launch`, automation all run an implicit asset job), and a second Dagster run
+    in the same process. Here each Dagster run gets its own MLflow run, FINISHED when the step
+    ends; a failing step leaves it FAILED."""
+    defs = build_definitions(settings)
+    assets = [defs.resolve_assets_def(name) for name in ("training_corpus", "trained_model")]
+    client = MlflowClient(default_tracking_uri(settings))
+    run_ids = []
+    for _ in range(2):  # twice in this process
+        result = dg.materialize(
+            assets, instance=instance, partition_key="nd",
+            run_config={"ops": {"trained_model": {"config": {"epochs": 1}}}},
+        )  # fmt: skip
+        assert result.success
+        run_ids.append(materialization(result, "trained_model")["mlflow_run_id"])
+    assert run_ids[0] != run_ids[1]
+    assert [client.get_run(r).info.status for r in run_ids] == ["FINISHED", "FINISHED"]
+
+    # A training that fails inside its MLflow run (max_records=0 reads nothing to validate on).
+    failed = dg.materialize(
+        assets, instance=instance, partition_key="nd", raise_on_error=False,
+        run_config={"ops": {"trained_model": {"config": {"epochs": 1, "max_records": 0}}}},
+    )  # fmt: skip
+    assert not failed.success
+    experiment = client.get_experiment_by_name("droughtwatch")
+    statuses = {r.info.status for r in client.search_runs([experiment.experiment_id])}
+    assert "RUNNING" not in statuses
