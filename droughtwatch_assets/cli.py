@@ -208,6 +208,9 @@ def cmd_mlflow_ui(args: argparse.Namespace, settings: Settings) -> int:
         "--host", args.host, "--port", str(args.port),
     ]  # fmt: skip
     print(f"MLflow UI on http://{args.host}:{args.port}")
+    runs_url = mlflow_runs_url(settings, f"http://{args.host}:{args.port}")
+    print(f"droughtwatch's training runs: {runs_url}")
+    sys.stdout.flush()
     os.execv(command[0], command)
     return 0  # not reached
 
@@ -218,7 +221,25 @@ def cmd_home(args: argparse.Namespace, settings: Settings) -> int:
     print(f"DAGSTER_HOME={home}")
     print(f"data root: {settings.data_root}")
     print(f"lake:      {settings.lake}")
+    print(f"MLflow:    {mlflow_runs_url(settings)}")
     return 0
+
+
+def mlflow_runs_url(settings: Settings, ui_url: str | None = None) -> str:
+    """Where the MLflow UI (at `ui_url`, else the settings' address) shows droughtwatch's
+    training runs, in its model-training view."""
+    from droughtwatch_assets.adapters.tracking import (
+        Tracking,
+        default_artifact_root,
+        default_tracking_uri,
+        default_ui_url,
+    )
+
+    ui_url = ui_url or default_ui_url(settings)
+    tracking = Tracking(
+        default_tracking_uri(settings), default_artifact_root(settings), ui_url=ui_url
+    )
+    return tracking.experiment_url() or ui_url
 
 
 # ---------------------------------------------------------------------------------------------

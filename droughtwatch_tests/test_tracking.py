@@ -242,3 +242,29 @@ def test_run_url_on_a_tracking_server(tracking: tr.Tracking):
     assert server.run_url("abc") == "http://mlflow.internal:5000/#/experiments/7/runs/abc"
     server.ui_url = "https://mlflow.example.org"
     assert server.run_url("abc") == "https://mlflow.example.org/#/experiments/7/runs/abc"
+
+
+def test_the_ui_opens_on_droughtwatchs_training_runs_with_no_stray_experiment(tmp_path: Path):
+    """The experiment says it trains models (MLflow 3's UI otherwise shows GenAI pages), the
+    link to it picks the model-training view, and the embedded store's empty Default
+    experiment (artifacts in ./mlruns of whichever folder opened the store) is retired."""
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    tracking = tr.Tracking(uri, (tmp_path / "artifacts").as_uri(), ui_url="http://127.0.0.1:5000")
+    client = tracking.client
+    experiment = client.get_experiment(tracking.experiment_id)
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert tracking.experiment_url() == (
+        f"http://127.0.0.1:5000/#/experiments/{tracking.experiment_id}/runs"
+        "?workflowType=machine_learning"
+    )
+    active = [e.name for e in client.search_experiments()]
+    assert active == ["droughtwatch"]
+    assert client.get_experiment("0").lifecycle_stage == "deleted"
+    # Opening the store again changes nothing; an untagged experiment gets the tag.
+    client.delete_experiment_tag(tracking.experiment_id, "mlflow.experimentKind")
+    again = tr.Tracking(uri, (tmp_path / "artifacts").as_uri())
+    assert again.experiment_id == tracking.experiment_id
+    tags = client.get_experiment(again.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+    assert again.experiment_url() is None  # no UI address known for a SQLite store
+    assert not (Path.cwd() / "mlruns").exists()

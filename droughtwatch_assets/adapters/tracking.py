@@ -34,6 +34,10 @@ if TYPE_CHECKING:
     from mlflow.entities import Metric
 
 EXPERIMENT = "droughtwatch"
+# MLflow 3's UI shows an experiment as a GenAI one (traces, judges) unless told it trains models.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+# ... and opens on its GenAI pages unless the link chooses the model-training view.
+ML_VIEW = "workflowType=machine_learning"
 MODEL_PREFIX = "droughtwatch-"
 # Per-epoch Keras history is logged as epoch_<key> (epoch_loss, epoch_val_accuracy, ...): Keras
 # names its per-epoch validation metrics val_accuracy, the same names as the final validation
@@ -304,10 +308,14 @@ class Tracking:
         if found is not None:
             if found.lifecycle_stage == "deleted":
                 self.client.restore_experiment(found.experiment_id)
+            for key, value in EXPERIMENT_KIND.items():
+                if found.tags.get(key) != value:
+                    self.client.set_experiment_tag(found.experiment_id, key, value)
             return found.experiment_id
+        self._retire_default_experiment()
         try:
             return self.client.create_experiment(
-                self.experiment, artifact_location=self.artifact_root
+                self.experiment, artifact_location=self.artifact_root, tags=EXPERIMENT_KIND
             )
         except MlflowException as e:
             # Another process created it between our lookup and our create.
@@ -317,6 +325,32 @@ class Tracking:
             if found is None:
                 raise
             return found.experiment_id
+
+    def _retire_default_experiment(self) -> None:
+        """On the embedded SQLite store, delete (softly) MLflow's own ``Default`` experiment
+        while it is empty: it would be listed beside droughtwatch's and keeps its artifacts in
+        ``./mlruns`` of whatever folder first opened the store. A tracking server's is left."""
+        from mlflow.exceptions import MlflowException
+
+        if not self.tracking_uri.startswith("sqlite:"):
+            return
+        try:
+            default = self.client.get_experiment("0")
+            empty = not self.client.search_runs(["0"], max_results=1, run_view_type=3)
+            if default.lifecycle_stage == "active" and empty:
+                self.client.delete_experiment("0")
+        except MlflowException:
+            pass  # no Default experiment: nothing to retire
+
+    def experiment_url(self) -> str | None:
+        """The experiment's training runs in the MLflow UI (model-training view), when there is
+        a UI address."""
+        base = self.ui_url
+        if base is None and self.tracking_uri.startswith(("http://", "https://")):
+            base = without_credentials(self.tracking_uri)
+        if base is None:
+            return None
+        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{ML_VIEW}"
 
     @contextmanager
     def _global_uri(self) -> Iterator[None]:
