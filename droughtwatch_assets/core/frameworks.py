@@ -54,3 +54,46 @@ def quiet_import(name: str) -> ModuleType:
                 kept = [line for line in captured.readlines() if not noise(line)]
                 if kept:
                     os.write(2, b"".join(kept))
+
+
+# Printed by TensorFlow 2.21's C++ runtime (as an E-level line) when tf.data builds a map whose
+# graph carries an attribute its own op registry lacks: "Unknown attributes will be ignored".
+# Harmless, and the only line it prints per training.
+_RUNTIME_NOISE = re.compile(
+    rb"^E\d{4} [\d:.]+ +\d+ node_def_util\.cc:\d+\] NodeDef mentions attribute "
+    rb"use_unbounded_threadpool which is not in the op definition"
+)
+
+
+class filtered_stderr:  # noqa: N801 (a context manager used like a function)
+    """Within the block, lines written to file descriptor 2 pass through a pipe that drops
+    TensorFlow's known-harmless runtime line and forwards everything else as it comes (a
+    reader thread, so nothing waits for the block to end)."""
+
+    def __enter__(self) -> filtered_stderr:
+        sys.stderr.flush()
+        self._saved = os.dup(2)
+        read, write = os.pipe()
+        os.dup2(write, 2)
+        os.close(write)
+        self._thread = threading.Thread(target=self._pump, args=(read,), daemon=True)
+        self._thread.start()
+        return self
+
+    def _pump(self, read: int) -> None:
+        with os.fdopen(read, "rb", buffering=0) as pipe:
+            pending = b""
+            while chunk := pipe.read(65536):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                out = b"".join(line + b"\n" for line in lines if not _RUNTIME_NOISE.match(line))
+                if out:
+                    os.write(self._saved, out)
+            if pending and not _RUNTIME_NOISE.match(pending):
+                os.write(self._saved, pending)
+
+    def __exit__(self, *exc: object) -> None:
+        sys.stderr.flush()
+        os.dup2(self._saved, 2)  # closes the pipe's last write end: the reader drains and ends
+        self._thread.join(timeout=5)
+        os.close(self._saved)

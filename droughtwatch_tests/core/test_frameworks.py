@@ -66,3 +66,33 @@ def test_importing_keras_prints_none_of_tensorflows_start_up_lines():
         """
     )
     assert "InitializeLog" not in err and "oneDNN" not in err, err
+
+
+# Printed by TensorFlow 2.21 during model.fit on a tf.data map (copied from `droughtwatch demo`).
+NODEDEF_LINE = (
+    "E0000 00:00:1796131362.316031   13075 node_def_util.cc:682] NodeDef mentions attribute "
+    "use_unbounded_threadpool which is not in the op definition: Op<name=MapDataset; "
+    "signature=input_dataset:variant> This may be expected if your graph generating binary is "
+    "newer  than this binary. Unknown attributes will be ignored. NodeDef: {{node "
+    "ParallelMapDatasetV2/_14}}"
+)
+
+
+def test_training_drops_tensorflows_nodedef_line_and_passes_the_rest_as_it_comes():
+    err = _stderr_of(
+        f"""
+        import os, sys, time
+        from droughtwatch_assets.core.frameworks import filtered_stderr
+        with filtered_stderr():
+            os.write(2, b"E0000 00:00:1.0 1 x.cc:1] a real error\\n")
+            os.write(2, {(NODEDEF_LINE + chr(10)).encode()!r})
+            print("from python", file=sys.stderr, flush=True)
+            os.write(2, b"partial line without newline")
+        print("after", file=sys.stderr)
+        """
+    )
+    assert err.splitlines() == [
+        "E0000 00:00:1.0 1 x.cc:1] a real error",
+        "from python",
+        "partial line without newlineafter",
+    ]
