@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
-from droughtwatch_assets.core.frameworks import filtered_stderr, quiet_import
+from droughtwatch_assets.core.frameworks import quiet_import
 from droughtwatch_assets.core.metrics import (
     NUM_CLASSES,
     ClassificationMetrics,
@@ -542,17 +542,16 @@ def train_variant(
             # that end is the intended one.
             warnings.filterwarnings("ignore", message="Your input ran out of data")
             inputs, steps = fit_inputs(train_data)
-            with filtered_stderr():
-                fitted = model.fit(
-                    inputs,
-                    steps_per_epoch=steps,
-                    validation_data=val_data,
-                    epochs=variant.epochs,
-                    class_weight=variant.class_weight_map,
-                    callbacks=hooks,
-                    verbose=verbose,
-                    shuffle=False,  # the stream shuffles shards and examples itself
-                )
+            fitted = model.fit(
+                inputs,
+                steps_per_epoch=steps,
+                validation_data=val_data,
+                epochs=variant.epochs,
+                class_weight=variant.class_weight_map,
+                callbacks=hooks,
+                verbose=verbose,
+                shuffle=False,  # the stream shuffles shards and examples itself
+            )
         history.update({k: [float(v) for v in values] for k, values in fitted.history.items()})
     else:
         # Nothing to fit, but the majority baseline still needs the train class balance.

@@ -7,6 +7,7 @@ import dagster as dg
 import numpy as np
 
 from droughtwatch_assets.adapters.tracking import HISTORY_PREFIX
+from droughtwatch_assets.core.frameworks import filtered_stderr
 from droughtwatch_assets.core.metrics import ClassificationMetrics
 from droughtwatch_assets.core.training import (
     ShardSource,
@@ -187,7 +188,12 @@ def trained_model(
         storage.checkpoints, checkpoint_key(variant, manifest.fingerprint, config.max_records)
     )
     run_name = f"{variant.name}-{context.run.run_id[:8]}"
-    with tracking.run(run_name=run_name, tags=tags, resume=checkpoint.mlflow_run_id()) as run:
+    # TensorFlow's runtime prints one harmless E-level line when Keras first builds a tf.data map
+    # (fit, and MLflow's check of the input example): dropped, everything else passes.
+    with (
+        filtered_stderr(),
+        tracking.run(run_name=run_name, tags=tags, resume=checkpoint.mlflow_run_id()) as run,
+    ):
         checkpoint.remember(run.run_id)
         run.log_params({**variant.params(), "corpus_fingerprint": manifest.fingerprint})
         context.log.info(
