@@ -164,8 +164,9 @@ def drift_by_drop_date(metrics_db: MetricsDbResource) -> dg.MaterializeResult:
         latest = rows[-1]
         metadata |= {
             "latest_drop_date": latest["drop_date"],
-            "latest_prediction_drift": latest["prediction_drift"],
-            "latest_ndvi_psi": latest["ndvi_psi"],
-            "latest_ndmi_psi": latest["ndmi_psi"],
+            **{
+                f"latest_{name}": round(latest[name], 4)
+                for name in ("prediction_drift", "ndvi_psi", "ndmi_psi")
+            },
         }
     return dg.MaterializeResult(metadata=metadata)
