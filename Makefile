@@ -20,7 +20,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 CHECKOV := .tools/checkov/bin/checkov
 COMPOSE := docker compose -f docker/docker-compose.yml --env-file docker/.env
 
-.PHONY: install tools demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e \
+.PHONY: install tools browser demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e \
 	stack-up stack-down clean
 
 $(UV):
@@ -42,7 +42,18 @@ $(CHECKOV): infra/requirements-checkov.txt
 	.tools/checkov/bin/pip install --quiet --disable-pip-version-check -r $<
 	touch $@
 
-tools: $(CHECKOV)  ## the deployment linters that live outside the environment (checkov)
+# Debian's Chromium renders the Dagster UI in droughtwatch_tests/test_ui_pages.py (skipped without
+# it). Installed where it is missing and apt-get can (as root); anywhere else, a note.
+browser:
+	@command -v chromium > /dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get > /dev/null; then \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	      > /dev/null 2>&1 || { apt-get update -qq > /dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
+	      > /dev/null 2>&1; } || echo "note: chromium could not be installed; the UI test will skip"; \
+	  else echo "note: no chromium (apt-get install chromium); the UI test will skip"; fi; }
+
+tools: $(CHECKOV) browser  ## checkov (the Terraform scan) and Chromium (the UI test), outside the environment
 
 demo: install  ## sample corpus + drops, discover, ingest, summary
 	$(BIN)/droughtwatch demo

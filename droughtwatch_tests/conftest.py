@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -70,3 +73,27 @@ def s3_bucket(moto_endpoint: str, request: pytest.FixtureRequest) -> str:
     bucket = f"{name}-{uuid.uuid4().hex[:8]}"
     boto3.client("s3", endpoint_url=moto_endpoint).create_bucket(Bucket=bucket)
     return bucket
+
+
+@pytest.fixture
+def serve() -> Iterator:
+    """Start a `dagster dev`-like command; stop it (and its webserver and daemon) afterwards."""
+    started: list[subprocess.Popen] = []
+
+    def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
+        with log.open("w") as out:
+            proc = subprocess.Popen(
+                args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -9,16 +9,10 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,17 +20,12 @@ import yaml
 
 from droughtwatch_assets import runs
 from droughtwatch_tests.conftest import REPO_ROOT, free_port
+from droughtwatch_tests.processes import STATES, ask_graphql, plain_env
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 KEY = "train/part-r-00012"
 
-STATES = """
-{ repositoriesOrError { ... on RepositoryConnection { nodes {
-    sensors { name sensorState { status } }
-    schedules { name scheduleState { status } }
-} } } }
-"""
 
 # The README's "What runs by itself" table.
 DOCUMENTED_STATES = {
@@ -70,61 +59,6 @@ def fresh_clone(tmp_path: Path) -> Path:
     return root
 
 
-def _plain_env() -> dict[str, str]:
-    """A shell with nothing set: no DAGSTER_HOME, every droughtwatch setting at its default."""
-    return {
-        k: v for k, v in os.environ.items()
-        if k != "DAGSTER_HOME" and not k.startswith("DROUGHTWATCH_")
-    }  # fmt: skip
-
-
-def _ask(port: int, query: str, proc: subprocess.Popen, log: Path) -> dict:
-    """GraphQL's answer once the webserver serves the code location (120 s at most)."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/graphql",
-                data=json.dumps({"query": query}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            body = json.loads(urllib.request.urlopen(req, timeout=30).read())
-            assert "errors" not in body, body
-            nodes = body["data"]["repositoriesOrError"].get("nodes")
-            if nodes:
-                return body["data"]
-        except OSError:
-            pass
-        time.sleep(1)
-    pytest.fail(f"no answer within 120 s:\n{log.read_text()[-4000:]}")
-
-
-@pytest.fixture
-def serve() -> Iterator:
-    """Start a `dagster dev`-like command; stop it (and its webserver and daemon) afterwards."""
-    started: list[subprocess.Popen] = []
-
-    def start(args: list[str], cwd: Path, env: dict[str, str], log: Path) -> subprocess.Popen:
-        with log.open("w") as out:
-            proc = subprocess.Popen(
-                args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )  # fmt: skip
-        started.append(proc)
-        return proc
-
-    yield start
-    for proc in started:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=60)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-
-
 def _states(data: dict) -> dict[str, str]:
     [repo] = data["repositoriesOrError"]["nodes"]
     states = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
@@ -138,9 +72,9 @@ def test_dev_in_a_fresh_clone_runs_on_the_embedded_instance(command, fresh_clone
     log = fresh_clone / "dev.log"
     proc = serve(
         [str(BIN / command[0]), *command[1:], "-h", "127.0.0.1", "-p", str(port)],
-        fresh_clone, _plain_env(), log,
+        fresh_clone, plain_env(), log,
     )  # fmt: skip
-    assert _states(_ask(port, STATES, proc, log)) == DOCUMENTED_STATES
+    assert _states(ask_graphql(port, STATES, proc, log)) == DOCUMENTED_STATES
     # The daemon ticks into the embedded instance's files, not into a temporary home.
     schedules = fresh_clone / ".droughtwatch" / "dagster" / "schedules" / "schedules.db"
     deadline = time.monotonic() + 60
@@ -157,7 +91,7 @@ def test_make_dev_starts_every_sensor_and_schedule_as_documented(tmp_path, serve
     """`make dev`'s two steps, without make: `droughtwatch home`, then `dg dev` on the
     workspace.yaml it wrote, in DAGSTER_HOME (so no "./dagster.yaml will not be used")."""
     home = tmp_path / "home"
-    env = {**_plain_env(), "DROUGHTWATCH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
+    env = {**plain_env(), "DROUGHTWATCH_HOME": str(home), "DAGSTER_HOME": str(home / "dagster")}
     subprocess.run([str(BIN / "droughtwatch"), "home"], env=env, check=True, capture_output=True)
     assert (home / "dagster" / "workspace.yaml").exists()
     port = free_port()
@@ -166,7 +100,7 @@ def test_make_dev_starts_every_sensor_and_schedule_as_documented(tmp_path, serve
         [str(BIN / "dg"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
         home / "dagster", env, log,
     )  # fmt: skip
-    assert _states(_ask(port, STATES, proc, log)) == DOCUMENTED_STATES
+    assert _states(ask_graphql(port, STATES, proc, log)) == DOCUMENTED_STATES
     text = log.read_text()
     assert "will not be used" not in text and "Warning" not in text and "Traceback" not in text
 
@@ -177,7 +111,7 @@ def test_materialize_and_launch_in_a_fresh_clone_share_the_clis_instance(
     """`droughtwatch discover` (its defaults) adds the partition; `dagster asset materialize`
     and `dg launch` in the same root, without DAGSTER_HOME, find it and record their runs where
     the CLI and `dagster dev` read them."""
-    env = _plain_env()
+    env = plain_env()
     shard = fresh_clone / ".droughtwatch" / "data" / KEY
     shard.parent.mkdir(parents=True)
     shutil.copyfile(sample_shard_path, shard)
