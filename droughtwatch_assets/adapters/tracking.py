@@ -342,15 +342,22 @@ class Tracking:
         except MlflowException:
             pass  # no Default experiment: nothing to retire
 
+    def _ui_base(self) -> str | None:
+        """The MLflow UI's address: the one given, else a tracking server's (without
+        credentials); None for a store with no UI address known."""
+        if self.ui_url is not None:
+            return self.ui_url.rstrip("/")
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return without_credentials(self.tracking_uri).rstrip("/")
+        return None
+
     def experiment_url(self) -> str | None:
         """The experiment's training runs in the MLflow UI (model-training view), when there is
         a UI address."""
-        base = self.ui_url
-        if base is None and self.tracking_uri.startswith(("http://", "https://")):
-            base = without_credentials(self.tracking_uri)
+        base = self._ui_base()
         if base is None:
             return None
-        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs?{ML_VIEW}"
+        return f"{base}/#/experiments/{self.experiment_id}/runs?{ML_VIEW}"
 
     @contextmanager
     def _global_uri(self) -> Iterator[None]:
@@ -420,11 +427,9 @@ class Tracking:
         a UI address, its artifact location."""
         from mlflow.exceptions import MlflowException
 
-        base = self.ui_url
-        if base is None and self.tracking_uri.startswith(("http://", "https://")):
-            base = without_credentials(self.tracking_uri)
+        base = self._ui_base()
         if base is not None:
-            return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{run_id}"
+            return f"{base}/#/experiments/{self.experiment_id}/runs/{run_id}"
         try:
             return self.client.get_run(run_id).info.artifact_uri or f"mlflow:/runs/{run_id}"
         except MlflowException:
@@ -432,12 +437,10 @@ class Tracking:
 
     def version_ui_url(self, variant: str, version: str) -> str | None:
         """The model version's page in the MLflow UI, when there is a UI address."""
-        base = self.ui_url
-        if base is None and self.tracking_uri.startswith(("http://", "https://")):
-            base = without_credentials(self.tracking_uri)
+        base = self._ui_base()
         if base is None:
             return None
-        return f"{base.rstrip('/')}/#/models/{model_name(variant)}/versions/{version}"
+        return f"{base}/#/models/{model_name(variant)}/versions/{version}"
 
     def _log_keras_model(self, run: ActiveRun, model: Any, input_example: np.ndarray) -> str:
         quiet_import("keras")  # mlflow.keras imports it
