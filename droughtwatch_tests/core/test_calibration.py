@@ -1,0 +1,99 @@
+"""Calibration (ECE, temperature scaling) and CBPE, on hand-computed cases and against
+independent computations (scikit-learn's metrics over labels drawn from the probabilities)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import accuracy_score, f1_score
+
+from droughtwatch_assets.core.calibration import (
+    apply_temperature,
+    estimate_performance,
+    expected_calibration_error,
+    fit_temperature,
+    negative_log_likelihood,
+    reliability,
+)
+
+
+def _softmax(z: np.ndarray) -> np.ndarray:
+    e = np.exp(z - z.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def test_ece_by_hand():
+    # Confidences 0.9, 0.9 (one right, one wrong), 0.6 (right), 0.3 (wrong); 15 bins.
+    p = np.array([
+        [0.9, 0.05, 0.03, 0.02],
+        [0.9, 0.05, 0.03, 0.02],
+        [0.6, 0.2, 0.1, 0.1],
+        [0.3, 0.25, 0.25, 0.2],
+    ])  # fmt: skip
+    y = np.array([0, 1, 0, 1])
+    # Bins: (0.8667, 0.9333]: 2 rows, conf 0.9, acc 0.5; (0.5333, 0.6]: conf 0.6, acc 1;
+    # (0.2667, 0.3333]: conf 0.3, acc 0.  ECE = 2/4 * 0.4 + 1/4 * 0.4 + 1/4 * 0.3 = 0.375
+    assert expected_calibration_error(p, y) == pytest.approx(0.375)
+    r = reliability(p, y)
+    assert sum(r.counts) == 4 and len(r.edges) == 16
+    assert expected_calibration_error(np.eye(4), np.arange(4)) == 0.0  # sure and right
+
+
+def test_temperature_keeps_the_argmax_and_one_is_the_identity():
+    p = _softmax(np.random.default_rng(0).normal(size=(50, 4)) * 3)
+    assert np.allclose(apply_temperature(p, 1.0), p, atol=1e-6)
+    for t in (0.5, 2.0, 10.0):
+        scaled = apply_temperature(p, t)
+        assert np.allclose(scaled.sum(axis=1), 1.0, atol=1e-6)
+        assert (scaled.argmax(axis=1) == p.argmax(axis=1)).all()
+    assert apply_temperature(p, 2.0).max(axis=1).mean() < p.max(axis=1).mean()
+    with pytest.raises(ValueError, match="temperature"):
+        apply_temperature(p, 0.0)
+
+
+def test_fitting_recovers_the_temperature_of_an_overconfident_model():
+    rng = np.random.default_rng(1)
+    logits = rng.normal(size=(20_000, 4)) * 1.5
+    truth = _softmax(logits)
+    labels = np.array([rng.choice(4, p=row) for row in truth])
+    overconfident = _softmax(logits * 2.0)  # = the truth at temperature 1/2
+    t = fit_temperature(overconfident, labels)
+    assert t == pytest.approx(2.0, rel=0.05)
+    calibrated = apply_temperature(overconfident, t)
+    assert negative_log_likelihood(calibrated, labels) < negative_log_likelihood(
+        overconfident, labels
+    )
+    assert expected_calibration_error(calibrated, labels) < 0.02
+    assert expected_calibration_error(overconfident, labels) > 0.1
+    assert fit_temperature(np.empty((0, 4)), np.empty(0, np.int64)) == 1.0
+
+
+def test_cbpe_by_hand():
+    # Two rows predicted 0 with P(0) = 0.8 and 0.6, one predicted 1 with P(1) = 0.7.
+    p = np.array([[0.8, 0.2, 0, 0], [0.6, 0.4, 0, 0], [0.3, 0.7, 0, 0]])
+    est = estimate_performance(p)
+    assert est.accuracy == pytest.approx((0.8 + 0.6 + 0.7) / 3)
+    # Expected confusion (rows true, cols predicted): col 0 = 0.8+0.6 | 0.2+0.4, col 1 = 0.3 | 0.7
+    assert np.allclose(est.confusion[0][:2], [1.4, 0.3]) and np.allclose(est.confusion[1][:2],
+                                                                          [0.6, 0.7])  # fmt: skip
+    # Class 0: TP 1.4, FP 0.6, FN 0.3 -> F1 2.8 / 3.7; class 1: TP 0.7, FP 0.3, FN 0.6 -> 1.4 / 2.3
+    # Classes 2, 3: never predicted nor expected -> 0.
+    assert est.f1[0] == pytest.approx(2.8 / 3.7) and est.f1[1] == pytest.approx(1.4 / 2.3)
+    assert est.macro_f1 == pytest.approx((2.8 / 3.7 + 1.4 / 2.3) / 4)
+    assert np.isnan(estimate_performance(np.empty((0, 4))).accuracy)
+
+
+def test_cbpe_matches_the_metrics_of_labels_drawn_from_calibrated_probabilities():
+    """If the probabilities are right, the estimate is the mean of what scikit-learn measures
+    over labels drawn from them."""
+    rng = np.random.default_rng(2)
+    p = _softmax(rng.normal(size=(400, 4)) * 1.2 + np.array([1.0, 0.0, 0.0, -0.5]))
+    predicted = p.argmax(axis=1)
+    accuracies, f1s = [], []
+    for _ in range(400):
+        labels = (p.cumsum(axis=1) > rng.random((len(p), 1))).argmax(axis=1)
+        accuracies.append(accuracy_score(labels, predicted))
+        f1s.append(f1_score(labels, predicted, average="macro", labels=range(4), zero_division=0))
+    est = estimate_performance(p)
+    assert est.accuracy == pytest.approx(np.mean(accuracies), abs=0.005)
+    assert est.macro_f1 == pytest.approx(np.mean(f1s), abs=0.01)
