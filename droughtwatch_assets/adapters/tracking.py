@@ -43,6 +43,7 @@ MODEL_PREFIX = "droughtwatch-"
 # names its per-epoch validation metrics val_accuracy, the same names as the final validation
 # metrics a training logs once, and MLflow would mix the two series under one key.
 HISTORY_PREFIX = "epoch_"
+CALIBRATION = "calibration.json"  # a trained model's temperature, ECE and reliability bins
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own, which its URI setters write
 REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
 MODEL_ARTIFACT_NAME = "model"
@@ -254,6 +255,40 @@ class ActiveRun:
         for (i, j), count in np.ndenumerate(matrix):
             colour = "white" if count > threshold else "black"
             ax.text(j, i, f"{count}", ha="center", va="center", color=colour)
+        fig.tight_layout()
+        self._client.log_figure(self.run_id, fig, name)
+
+    def log_figure_reliability(
+        self, calibration: Mapping[str, Any], name: str = "reliability_diagram.png"
+    ) -> None:
+        """The reliability diagram of ``calibration.json``'s bins: accuracy against confidence
+        per bin, before and after temperature scaling, with the diagonal of perfect
+        calibration."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(4.5, 4))
+        FigureCanvasAgg(fig)
+        ax = fig.add_subplot()
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1, label="calibrated")
+        for key, label, marker in (
+            ("reliability", f"model (ECE {calibration['ece']:.3f})", "o"),
+            ("reliability_calibrated",
+             f"T = {calibration['temperature']:.2f} (ECE {calibration['ece_calibrated']:.3f})",
+             "s"),
+        ):  # fmt: skip
+            bins = calibration[key]
+            points = [(c, a) for c, a, n in zip(bins["confidence"], bins["accuracy"],
+                                                bins["counts"], strict=True) if n]  # fmt: skip
+            if points:
+                xs, ys = zip(*points, strict=True)
+                ax.plot(xs, ys, marker=marker, label=label)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("confidence (top probability)")
+        ax.set_ylabel("accuracy")
+        ax.set_title("reliability on the validation shards")
+        ax.legend(loc="upper left", fontsize=8)
         fig.tight_layout()
         self._client.log_figure(self.run_id, fig, name)
 
@@ -525,6 +560,17 @@ class Tracking:
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, name, tmp)
             return json.loads(Path(path).read_text())
+
+    def temperature(self, variant: str, version: str) -> float:
+        """The temperature a model version is served with (its run's ``calibration.json``);
+        1.0, no scaling, for a version trained before calibration existed."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            calibration = self.load_dict(self.version_run_id(variant, version), CALIBRATION)
+        except (MlflowException, OSError):
+            return 1.0
+        return float(calibration.get("temperature", 1.0))
 
     def version_run_id(self, variant: str, version: str) -> str:
         return self.client.get_model_version(model_name(variant), str(version)).run_id

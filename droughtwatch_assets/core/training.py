@@ -16,6 +16,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 
+from droughtwatch_assets.core.calibration import (
+    Reliability,
+    apply_temperature,
+    fit_temperature,
+    reliability,
+)
 from droughtwatch_assets.core.frameworks import quiet_import
 from droughtwatch_assets.core.metrics import (
     NUM_CLASSES,
@@ -413,6 +419,7 @@ class TrainingResult:
     majority: ClassificationMetrics  # val labels scored by always predicting the train majority
     train_shards: list[str]
     val_shards: list[str]
+    calibration: Calibration | None = None  # fitted on val: what serving applies
     epochs_done: int = 0  # epochs completed, those of an interrupted attempt included
     resumed_from: int = 0  # the epoch a checkpoint let this attempt start at
     stopped_early: bool = False
@@ -455,6 +462,46 @@ def _checkpoint_epoch(checkpoint_dir: str | None) -> int:
         return 0
     with open(path) as f:
         return int(json.load(f).get("epoch", 0))
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A model's calibration on its validation shards: the temperature serving applies, the
+    ECE before it and after it (the latter cross-fitted: each half of val scaled with the
+    temperature fitted on the other half, so it is not measured on the data it was fitted to),
+    and the reliability bins before and after."""
+
+    temperature: float
+    ece: float
+    ece_calibrated: float
+    reliability: Reliability
+    reliability_calibrated: Reliability
+
+    def to_dict(self) -> dict:
+        def bins(r: Reliability) -> dict:
+            return {"edges": list(r.edges), "counts": list(r.counts),
+                    "confidence": list(r.confidence), "accuracy": list(r.accuracy)}  # fmt: skip
+
+        return {
+            "temperature": self.temperature,
+            "ece": self.ece,
+            "ece_calibrated": self.ece_calibrated,
+            "reliability": bins(self.reliability),
+            "reliability_calibrated": bins(self.reliability_calibrated),
+        }
+
+
+def calibrate(probabilities: np.ndarray, labels: np.ndarray) -> Calibration:
+    """Fit the temperature on all of val; measure the calibrated ECE by 2-fold cross-fitting."""
+    temperature = fit_temperature(probabilities, labels)
+    halves = [np.arange(len(labels))[i::2] for i in (0, 1)]
+    scaled = np.empty_like(probabilities, dtype=np.float32)
+    for fit_on, apply_to in (halves, halves[::-1]):
+        t = fit_temperature(probabilities[fit_on], labels[fit_on])
+        scaled[apply_to] = apply_temperature(probabilities[apply_to], t)
+    before = reliability(probabilities, labels)
+    after = reliability(scaled, labels)
+    return Calibration(temperature, before.ece, after.ece, before, after)
 
 
 def set_determinism(seed: int) -> None:
@@ -564,7 +611,8 @@ def train_variant(
     train_pass = train_stream.first_pass
     assert train_pass is not None  # one full pass has run (fit's first epoch, or above)
 
-    val_metrics, y_val, _ = evaluate(model, val, variant, max_records=max_records)
+    val_metrics, y_val, val_probabilities = evaluate(model, val, variant, max_records=max_records)
+    calibration = calibrate(val_probabilities, y_val)
     # argmax takes the lowest label on ties, so the baseline is deterministic.
     majority_class = int(np.argmax(train_pass.label_counts))
     return TrainingResult(
@@ -576,6 +624,7 @@ def train_variant(
         majority=majority_metrics(y_val, majority_class),
         train_shards=[s.key for s in train],
         val_shards=[s.key for s in val],
+        calibration=calibration,
         epochs_done=resumed_from + len(history["loss"]),
         resumed_from=resumed_from,
         stopped_early=bool(stopper is not None and stopper.stopped_epoch > 0),

@@ -8,14 +8,25 @@ import io
 
 import boto3
 import dagster as dg
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+import xarray as xr
 
 from droughtwatch_assets.adapters import metricsdb
 from droughtwatch_assets.adapters.storage import StorageError, open_store
+from droughtwatch_assets.adapters.tracking import (
+    Tracking,
+    default_artifact_root,
+    default_tracking_uri,
+)
+from droughtwatch_assets.core.calibration import apply_temperature
 from droughtwatch_assets.core.synthetic import iter_benchmark_shards, iter_drop_shards
+from droughtwatch_assets.core.training import predict_shards
+from droughtwatch_assets.core.variants import get_variant
 from droughtwatch_assets.definitions import build_definitions
+from droughtwatch_assets.pipeline import lake as lakes
 from droughtwatch_assets.settings import Settings
 from droughtwatch_tests.defs.helpers import ingest, tick
 
@@ -112,6 +123,17 @@ def test_drop_is_found_predicted_and_monitored(loop):
     ) == {"1"}
     assert (frame[["P_0", "P_1", "P_2", "P_3"]].sum(axis=1) - 1).abs().max() < 1e-3
     assert (frame["P_label"] == frame[["P_0", "P_1", "P_2", "P_3"]].max(axis=1)).all()
+    # Calibrated: the model's own probabilities, temperature-scaled as fitted at training.
+    tracking = Tracking(default_tracking_uri(settings), default_artifact_root(settings))
+    temperature = tracking.temperature("baseline", "1")
+    assert temperature > 0 and temperature != 1.0
+    filtered = lakes.read(lake, lakes.FILTERED_IMAGES, DROP, xr.Dataset)
+    indices = lakes.read(lake, lakes.SPECTRAL_INDICES, DROP, xr.Dataset)
+    [raw] = predict_shards(
+        tracking.load_model("baseline", version="1"), [(filtered, indices)], get_variant("baseline")
+    )
+    expected = apply_temperature(raw, temperature)
+    assert np.allclose(frame[["P_0", "P_1", "P_2", "P_3"]].to_numpy(), expected, atol=1e-5)
 
     [row] = metrics_rows(settings, DROP)
     assert row["model_name"] == "droughtwatch-baseline" and row["model_version"] == "1"

@@ -100,6 +100,9 @@ def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
     assert "true \\ predicted" in trained["confusion_matrix"]
     for k in range(4):
         assert f"precision_{k}" in trained and f"recall_{k}" in trained
+    # Calibration on the val shards: a temperature, the ECE before and (cross-fitted) after.
+    assert trained["temperature"] > 0
+    assert 0 <= trained["val_ece_calibrated"] <= 1 and 0 <= trained["val_ece"] <= 1
 
     # The MLflow run: the whole variant, per-epoch history, metrics, artifacts, lineage tags.
     client = MlflowClient(default_tracking_uri(settings))
@@ -120,7 +123,14 @@ def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
         run.data.metrics
     )
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"confusion_matrix.png", "shards.json"} <= artifacts
+    assert {"confusion_matrix.png", "shards.json", "calibration.json",
+            "reliability_diagram.png"} <= artifacts  # fmt: skip
+    calibration = json.loads(
+        Path(client.download_artifacts(run.info.run_id, "calibration.json")).read_text()
+    )
+    assert calibration["temperature"] == pytest.approx(trained["temperature"])
+    assert sum(calibration["reliability"]["counts"]) == trained["val_records"]
+    assert run.data.metrics["val_ece_calibrated"] == pytest.approx(trained["val_ece_calibrated"])
     shards = json.loads(Path(client.download_artifacts(run.info.run_id, "shards.json")).read_text())
     assert shards["train"] == ["train/part-r-00000", "train/part-r-00001", "train/part-r-00002"]
     assert shards["val"] == ["val/part-r-00000"]

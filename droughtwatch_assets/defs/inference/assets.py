@@ -11,6 +11,7 @@ import xarray as xr
 
 from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.adapters.tracking import Tracking, model_name
+from droughtwatch_assets.core.calibration import apply_temperature
 from droughtwatch_assets.core.training import predict_shards
 from droughtwatch_assets.core.variants import Variant
 from droughtwatch_assets.defs import checks as shard_checks
@@ -27,7 +28,8 @@ SPEC = dg.AssetSpec(
     deps=[FILTERED, INDICES, SERVING_MODEL],
     description="Predictions for every kept image of the shard by the serving model (the "
     "version serving_model last recorded; run config `variant` scores with another variant's "
-    "champion instead): ID, P_0..P_3, label (argmax), P_label, model_name, model_version, one "
+    "champion instead): ID, P_0..P_3 (calibrated: the model's probabilities temperature-scaled "
+    "as fitted on its validation shards), label (argmax), P_label, model_name, model_version, one "
     "Parquet file per shard. On a labelled shard this is an evaluation too (monitoring_metrics "
     "computes accuracy). A new serving model marks these stale but does not rewrite them: "
     "re-scoring is an explicit backfill (`droughtwatch score --again`, or rescore_job over a "
@@ -60,6 +62,7 @@ class Champion:
         self.version = version or tracking.alias_version(variant.name, CHAMPION)
         self._tracking = tracking
         self._model = None
+        self._temperature: float | None = None
 
     def check(self) -> None:
         if self.version is None:
@@ -76,9 +79,20 @@ class Champion:
             self._model = self._tracking.load_model(self.variant.name, version=self.version)
         return self._model
 
+    @property
+    def temperature(self) -> float:
+        """The version's calibration (1.0 for a model trained before calibration existed)."""
+        if self._temperature is None:
+            self.check()
+            assert self.version is not None
+            self._temperature = self._tracking.temperature(self.variant.name, self.version)
+        return self._temperature
+
     def predict(self, shards_: Sequence[tuple[xr.Dataset, xr.Dataset]]) -> list[np.ndarray]:
-        """Class probabilities for each (filtered images, indices) pair, scored together."""
-        return predict_shards(self.model, shards_, self.variant)
+        """Calibrated class probabilities for each (filtered images, indices) pair, scored
+        together: the model's, temperature-scaled as fitted on its validation shards."""
+        raw = predict_shards(self.model, shards_, self.variant)
+        return [apply_temperature(p, self.temperature) if len(p) else p for p in raw]
 
 
 def predictions_frame(
@@ -137,6 +151,7 @@ def store_predictions(
         metadata={
             "model_name": champion.name,
             "model_version": champion.version,
+            "temperature": champion.temperature,
             "predictions": len(frame),
             "predicted_label_counts": {
                 str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()

@@ -71,6 +71,7 @@ def registered_model(
             "corpus_fingerprint": trained_model["corpus_fingerprint"],
             "val_accuracy": f"{val['accuracy']:.4f}",
             "val_macro_f1": f"{val['macro_f1']:.4f}",
+            "temperature": f"{trained_model.get('temperature', 1.0):.4f}",
             "dagster_run_id": context.run.run_id,
         },
     )
@@ -155,6 +156,12 @@ def registered_model(
             else dg.MetadataValue.text("none"),
             "majority": decision.majority,
             "margin": decision.margin,
+            # Reported, not gated: temperature scaling corrects it before serving (README).
+            **(
+                {"challenger_ece_calibrated": trained_model["val_ece_calibrated"]}
+                if trained_model.get("val_ece_calibrated") is not None
+                else {}
+            ),
         },
     )
 

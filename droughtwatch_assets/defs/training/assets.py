@@ -6,7 +6,7 @@ from pathlib import Path
 import dagster as dg
 import numpy as np
 
-from droughtwatch_assets.adapters.tracking import HISTORY_PREFIX
+from droughtwatch_assets.adapters.tracking import CALIBRATION, HISTORY_PREFIX
 from droughtwatch_assets.core.frameworks import filtered_stderr
 from droughtwatch_assets.core.metrics import ClassificationMetrics
 from droughtwatch_assets.core.training import (
@@ -109,6 +109,17 @@ def metrics_metadata(metrics: ClassificationMetrics) -> dict:
     }
 
 
+def calibration_metadata(result: TrainingResult) -> dict:
+    c = result.calibration
+    if c is None:
+        return {}
+    return {
+        "val_ece": c.ece,
+        "val_ece_calibrated": c.ece_calibrated,
+        "temperature": c.temperature,
+    }
+
+
 def input_example(sources: list[ShardSource], variant) -> np.ndarray:
     """A few raw records of the first shard: what the model is served (bands 0..255, index
     codes -127..127), for the MLflow signature and input example."""
@@ -133,6 +144,17 @@ def log_training(
         }
     )
     run.log_metrics({"epochs_done": result.epochs_done, "stopped_early": int(result.stopped_early)})
+    if result.calibration is not None:
+        calibration = result.calibration.to_dict()
+        run.log_metrics(
+            {
+                "val_ece": result.calibration.ece,
+                "val_ece_calibrated": result.calibration.ece_calibrated,
+                "temperature": result.calibration.temperature,
+            }
+        )
+        run.log_dict(calibration, CALIBRATION)
+        run.log_figure_reliability(calibration)
     run.log_metrics({f"val_{k}": v for k, v in result.val_metrics.as_dict().items()})
     run.log_metrics({f"majority_{k}": v for k, v in result.majority.as_dict().items()})
     run.log_figure_confusion(result.val_metrics.confusion)
@@ -237,6 +259,8 @@ def trained_model(
         "val_shards": result.val_shards,
         "corpus_fingerprint": manifest.fingerprint,
         "epochs": variant.epochs,
+        "temperature": result.calibration.temperature if result.calibration else 1.0,
+        "val_ece_calibrated": result.calibration.ece_calibrated if result.calibration else None,
     }
     return dg.Output(
         value,
@@ -246,6 +270,7 @@ def trained_model(
             "train_records": result.train_records,
             "epochs": variant.epochs,
             "epochs_done": result.epochs_done,
+            **calibration_metadata(result),
             "resumed_from_epoch": result.resumed_from,
             "stopped_early": result.stopped_early,
             "mlflow_run": dg.MetadataValue.url(run_url) if run_url.startswith("http") else run_url,
