@@ -216,4 +216,5 @@ def test_without_destinations_the_sensors_skip_and_say_why(tmp_path):
             resources={"alerts": AlertsResource()},
         )
         result = build_check_alerts([drift])(context)
-        assert "1 drift warnings, but no alert destination is configured" in result.skip_message
+        message = result.skip_message
+        assert "1 drift warnings and 0 estimated-performance warnings, but no alert" in message

@@ -37,6 +37,7 @@ PANEL_TITLES = {
     "Accuracy where labels exist",
     "Processed shards",
     "Drift by drop date",
+    "Estimated and measured performance by drop date",
 }
 
 
@@ -342,6 +343,15 @@ def test_every_panel_and_the_alert_run_on_pipeline_rows(pg_engine: sa.Engine):
         (r["drop_date"], pytest.approx(r["prediction_drift"]), pytest.approx(r["ndvi_psi"]))
         for r in by_date
     ]
+
+    # Estimated next to measured: the latest scoring of each drop date's shard.
+    performance = results["Estimated and measured performance by drop date"]
+    latest = {s["shard_key"][6:16]: s for s in sorted(in_range, key=lambda s: s["recorded_at"])}
+    assert [r["drop_date"] for r in performance] == sorted(latest)
+    for r in performance:
+        shard = latest[r["drop_date"]]
+        assert r["estimated_accuracy"] == pytest.approx(shard["estimated_accuracy"])
+        assert (r["accuracy"] is None) == (shard["accuracy"] is None)
 
     rule = _alert_rule()
     window = _alert_query(rule)["relativeTimeRange"]

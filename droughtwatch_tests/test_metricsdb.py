@@ -256,3 +256,59 @@ def test_migration_from_an_older_schema(db_url):
         assert metricsdb.promotion_history(engine)[0]["tolerance"] == pytest.approx(0.02)
     finally:
         engine.dispose()
+
+
+def test_version_1_databases_gain_the_estimated_performance_columns(db_url):
+    """A database written by schema version 1 (before CBPE) upgrades in place: its rows stay,
+    with no estimate, and new rows carry one."""
+    old = sa.MetaData()
+    sa.Table("schema_version", old, sa.Column("version", sa.Integer, nullable=False))
+    for table in (metricsdb.promotions, metricsdb.monitoring_metrics):
+        sa.Table(
+            table.name,
+            old,
+            *[
+                sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
+                for c in table.columns
+                if not c.name.startswith("estimated_")
+            ],
+            *[
+                sa.UniqueConstraint(*c.columns.keys(), name=c.name)
+                for c in list(table.constraints)
+                if isinstance(c, sa.UniqueConstraint)
+            ],
+        )
+    database = sa.make_url(db_url).database
+    if db_url.startswith("sqlite"):
+        Path(database).parent.mkdir(parents=True)
+    engine = sa.create_engine(db_url)
+    row = {
+        "shard_key": "drops/2024-08-01/part-r-00000", "model_name": "droughtwatch-baseline",
+        "model_version": "1", "recorded_at": dt.datetime(2024, 8, 1, tzinfo=dt.UTC),
+        "n_predictions": 10, "class_0_frac": 1.0, "class_1_frac": 0.0, "class_2_frac": 0.0,
+        "class_3_frac": 0.0, "most_common_percentage": 100.0, "share_missing_values": 0.0,
+        "prediction_drift": 0.1, "ndvi_psi": 0.0, "ndvi_wasserstein": 0.0, "ndmi_psi": 0.0,
+        "ndmi_wasserstein": 0.0, "accuracy": None, "macro_f1": None, "dagster_run_id": "r1",
+    }  # fmt: skip
+    try:
+        with engine.begin() as conn:
+            old.create_all(conn)
+            conn.execute(sa.text("INSERT INTO schema_version (version) VALUES (1)"))
+            conn.execute(old.tables["monitoring_metrics"].insert().values(**row))
+    finally:
+        engine.dispose()
+
+    engine = metricsdb.connect(db_url)
+    try:
+        with engine.connect() as conn:
+            assert conn.execute(sa.select(metricsdb.schema_version.c.version)).scalar() == 2
+        [kept] = metricsdb.monitoring_rows(engine)
+        assert kept["shard_key"] == row["shard_key"] and kept["estimated_accuracy"] is None
+        metricsdb.upsert_monitoring_row(
+            engine, {**row, "model_version": "2", "estimated_accuracy": 0.7,
+                     "estimated_macro_f1": 0.5}  # fmt: skip
+        )
+        new = [r for r in metricsdb.monitoring_rows(engine) if r["model_version"] == "2"]
+        assert new[0]["estimated_accuracy"] == pytest.approx(0.7)
+    finally:
+        engine.dispose()

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 DEFAULT_FILENAME = "metrics.db"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 class _Settings(Protocol):  # droughtwatch_assets.settings.Settings, or anything shaped like it
@@ -108,6 +108,10 @@ monitoring_metrics = sa.Table(
     # Only known when the shard carries labels.
     sa.Column("accuracy", sa.Float, nullable=True),
     sa.Column("macro_f1", sa.Float, nullable=True),
+    # What the calibrated probabilities expect accuracy and macro F1 to be (CBPE), labels or not
+    # (schema version 2; NULL on rows written before).
+    sa.Column("estimated_accuracy", sa.Float, nullable=True),
+    sa.Column("estimated_macro_f1", sa.Float, nullable=True),
     sa.Column("dagster_run_id", sa.String(64), nullable=False),
     sa.UniqueConstraint(*MONITORING_KEY, name="uq_monitoring_shard_model_version"),
 )
@@ -116,7 +120,12 @@ Migration = Callable[[sa.Connection], None]
 
 # MIGRATIONS[v] upgrades a database from schema version v to v + 1, inside the transaction
 # that then records v + 1. Tables new in a version need no migration: create_all adds them.
-MIGRATIONS: dict[int, Migration] = {}
+def _add_estimated_performance(conn: sa.Connection) -> None:
+    for column in ("estimated_accuracy", "estimated_macro_f1"):
+        conn.execute(sa.text(f"ALTER TABLE monitoring_metrics ADD COLUMN {column} FLOAT"))
+
+
+MIGRATIONS: dict[int, Migration] = {1: _add_estimated_performance}
 
 
 def database_url(settings: _Settings) -> str:

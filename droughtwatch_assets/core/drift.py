@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from droughtwatch_assets.core.calibration import estimate_performance
 from droughtwatch_assets.core.metrics import classification_metrics
 
 NUM_CLASSES = 4
@@ -317,7 +318,10 @@ def monitoring_row(
     sqrt(ln 2), so the drift alert fires. Feature drift compares the per-image mean NDVI/NDMI of
     the shard's images with the training references. ``accuracy``/``macro_f1`` are None when
     ``true_labels`` is None or every label is -1 (unlabelled); otherwise they are computed over
-    the rows with a label and a prediction. Bad input raises ``ValueError`` naming the shard.
+    the rows with a label and a prediction. ``estimated_accuracy``/``estimated_macro_f1`` are
+    what the (calibrated) probabilities expect them to be, labels or not
+    (:func:`droughtwatch_assets.core.calibration.estimate_performance`), over the rows with a
+    prediction; None when there is none. Bad input raises ``ValueError`` naming the shard.
     """
     try:
         array = _probabilities(probabilities)
@@ -327,6 +331,8 @@ def monitoring_row(
         else:
             drift = js_distance(reference_labels_dist, summary.class_fracs)
         accuracy, macro_f1 = _labelled_metrics(array, true_labels)
+        scored = array[~_missing_rows(array)]
+        estimated = estimate_performance(scored) if len(scored) else None
         ndvi = _finite_values(ndvi_means, "ndvi_means")
         ndmi = _finite_values(ndmi_means, "ndmi_means")
         row: dict[str, Any] = {
@@ -344,6 +350,8 @@ def monitoring_row(
             "ndmi_wasserstein": wasserstein(ndmi_reference, ndmi),
             "accuracy": accuracy,
             "macro_f1": macro_f1,
+            "estimated_accuracy": estimated.accuracy if estimated else None,
+            "estimated_macro_f1": estimated.macro_f1 if estimated else None,
             "dagster_run_id": dagster_run_id,
         }
     except ValueError as exc:

@@ -2,10 +2,10 @@
 
 - ``run_failure_alert``: every run of this code location that fails, with Dagster's failure
   message (for a batch of shards it names each shard that failed and why).
-- ``check_alerts``: every failed blocking check (severity ERROR) and every prediction-drift
-  warning since the previous tick, one alert per kind per tick that lists the shards. Its
-  cursor starts at the newest results when the sensor first runs, so turning alerts on does not
-  replay history.
+- ``check_alerts``: every failed blocking check (severity ERROR), every prediction-drift
+  warning and every estimated-performance warning since the previous tick, one alert per kind
+  per tick that lists the shards. Its cursor starts at the newest results when the sensor
+  first runs, so turning alerts on does not replay history.
 
 Both send through :class:`AlertsResource` (``adapters/alerts.py``) to whatever destinations the
 settings configure, skip with their reason when none is, and log what each destination
@@ -24,6 +24,7 @@ from droughtwatch_assets.adapters.alerts import Alert, Destinations
 from droughtwatch_assets.defs.keys import MONITORING
 
 DRIFT_CHECK = dg.AssetCheckKey(MONITORING, "prediction_drift")
+PERFORMANCE_CHECK = dg.AssetCheckKey(MONITORING, "estimated_performance")
 HISTORY_LIMIT = 500  # results per check read per tick
 
 
@@ -135,6 +136,7 @@ def build_check_alerts(checks: Sequence[dg.AssetCheckKey], interval_s: int = 30)
             return dg.SkipReason("started: alerting on check results from now on")
         failed: list[dg.AssetCheckEvaluation] = []
         drift: list[dg.AssetCheckEvaluation] = []
+        performance: list[dg.AssetCheckEvaluation] = []
         for check, name in names.items():
             found = _failed_since(context.instance, check, cursor.get(name, 0))
             if found:
@@ -142,15 +144,21 @@ def build_check_alerts(checks: Sequence[dg.AssetCheckKey], interval_s: int = 30)
             for _, evaluation in found:
                 if check == DRIFT_CHECK:
                     drift.append(evaluation)
+                elif check == PERFORMANCE_CHECK:
+                    performance.append(evaluation)
                 elif evaluation.severity == dg.AssetCheckSeverity.ERROR:
                     failed.append(evaluation)
         context.update_cursor(json.dumps(cursor))
-        if not failed and not drift:
-            return dg.SkipReason("no failed blocking check and no drift since the last tick")
+        if not failed and not drift and not performance:
+            return dg.SkipReason(
+                "no failed blocking check, no drift and no estimated-performance drop since "
+                "the last tick"
+            )
         if not alerts.destinations().configured:
             return dg.SkipReason(
-                f"{len(failed)} failed checks and {len(drift)} drift warnings, but no alert "
-                "destination is configured (DROUGHTWATCH_ALERT_* settings)"
+                f"{len(failed)} failed checks, {len(drift)} drift warnings and "
+                f"{len(performance)} estimated-performance warnings, but no alert destination "
+                "is configured (DROUGHTWATCH_ALERT_* settings)"
             )
         if failed:
             _send(context, alerts, _check_alert("check_failure", "failed blocking checks", failed,
@@ -158,7 +166,14 @@ def build_check_alerts(checks: Sequence[dg.AssetCheckKey], interval_s: int = 30)
         if drift:
             _send(context, alerts, _check_alert("drift", "prediction drift above the threshold",
                                                 drift, alerts))  # fmt: skip
-        return dg.SkipReason(f"alerted: {len(failed)} failed checks, {len(drift)} drift warnings")
+        if performance:
+            _send(context, alerts, _check_alert(
+                "performance", "estimated accuracy below the model's validation accuracy",
+                performance, alerts))  # fmt: skip
+        return dg.SkipReason(
+            f"alerted: {len(failed)} failed checks, {len(drift)} drift warnings, "
+            f"{len(performance)} estimated-performance warnings"
+        )
 
     return check_alerts
 

@@ -55,7 +55,10 @@ class ShardConfig(dg.Config):
     """Predictions: None scores with the serving model (the version serving_model recorded); a
     variant's name, with that variant's champion now."""
     drift_threshold: float = monitoring.DRIFT_THRESHOLD
-    """Monitoring: prediction drift (Jensen-Shannon distance) above which the check warns."""
+    """Monitoring: prediction drift above which the prediction_drift check warns."""
+    performance_drop: float = monitoring.PERFORMANCE_DROP
+    """Monitoring: how far the estimated accuracy may fall below the model's validation
+    accuracy before the estimated_performance check warns."""
 
 
 def is_transient(error: BaseException) -> bool:
@@ -212,6 +215,7 @@ class _ShardRun:
                         engine,
                         run_id=self.context.run.run_id,
                         drift_threshold=self.config.drift_threshold,
+                        performance_drop=self.config.performance_drop,
                     )
             except Exception as exc:
                 self.fail(key, exc)

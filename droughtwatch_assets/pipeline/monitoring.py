@@ -67,6 +67,7 @@ BY_DATE_COLUMNS = (
     "ndvi_wasserstein",
     "ndmi_wasserstein",
     "accuracy",
+    "estimated_accuracy",
 )
 
 
@@ -93,7 +94,7 @@ def drift_by_drop_date(rows: Sequence[Mapping]) -> list[dict]:
             ),
         }
         for column in BY_DATE_COLUMNS:
-            values = [r[column] for r in group if r[column] is not None]
+            values = [r[column] for r in group if r.get(column) is not None]
             out[column] = float(np.mean(values)) if values else None
         out["max_prediction_drift"] = max(float(r["prediction_drift"]) for r in group)
         summary.append(out)

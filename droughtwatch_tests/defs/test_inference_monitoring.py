@@ -338,3 +338,36 @@ def test_a_new_serving_model_marks_older_predictions_stale(loop):
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     frame = pq.read_table(io.BytesIO(lake.read_bytes(f"batch_predictions/{key}.parquet")))
     assert set(frame.to_pandas()["model_version"]) == {version}
+
+
+def test_estimated_performance_is_recorded_and_warns_below_the_validation_accuracy(loop):
+    """Every monitoring row carries CBPE's estimates from the calibrated probabilities; the
+    estimated_performance check warns (never blocks) when the estimate is more than
+    `performance_drop` below the model's validation accuracy, and says by how much."""
+    settings, instance, _ = loop
+    key = "val/part-r-00000"
+    job = build_definitions(settings).resolve_job_def("rescore_job")
+
+    def score(performance_drop: float) -> dg.AssetCheckEvaluation:
+        config = {"ops": {"process_shards": {"config": {"performance_drop": performance_drop}}}}
+        result = job.execute_in_process(partition_key=key, instance=instance, run_config=config)
+        assert result.success  # a warning never fails the run
+        [evaluation] = [
+            e for e in result.get_asset_check_evaluations()
+            if e.check_name == "estimated_performance"
+        ]  # fmt: skip
+        return evaluation
+
+    ok = score(0.05)
+    row = max(metrics_rows(settings, key), key=lambda r: r["recorded_at"])  # this scoring's
+    assert 0.0 < row["estimated_accuracy"] <= 1.0 and 0.0 <= row["estimated_macro_f1"] <= 1.0
+    assert row["accuracy"] is not None  # labelled: the truth is there to compare with
+    assert ok.passed and ok.severity == dg.AssetCheckSeverity.WARN
+    val_accuracy = ok.metadata["val_accuracy"].value
+    assert ok.metadata["estimated_accuracy"].value == pytest.approx(row["estimated_accuracy"])
+    # A margin that puts the floor above any estimate (validation accuracy + 1): it warns.
+    low = score(-1.0)
+    assert not low.passed and low.severity == dg.AssetCheckSeverity.WARN
+    assert low.description == (
+        f"estimated accuracy {row['estimated_accuracy']:.3f} < validation {val_accuracy:.3f} - -1.0"
+    )

@@ -22,6 +22,9 @@ from droughtwatch_assets.pipeline.monitoring import drift_by_drop_date as summar
 
 GROUP = "monitoring"
 DRIFT_THRESHOLD = 0.25  # the earlier project's dashboard alerted above 0.25
+# The estimated accuracy may fall this far below the model's validation accuracy before the
+# estimated_performance check warns.
+PERFORMANCE_DROP = 0.05
 
 SPEC = dg.AssetSpec(
     MONITORING,
@@ -44,6 +47,9 @@ SPEC = dg.AssetSpec(
 CHECKS = {
     "prediction_drift": "Warns when prediction drift exceeds the threshold (run config "
     f"`drift_threshold`, default {DRIFT_THRESHOLD}).",
+    "estimated_performance": "Warns when the accuracy the calibrated probabilities expect "
+    "(CBPE, no labels needed) is more than the margin below the model's validation accuracy "
+    f"(run config `performance_drop`, default {PERFORMANCE_DROP}).",
 }
 CHECK_SPECS = shard_checks.specs(MONITORING.path[0], CHECKS, set())
 
@@ -53,6 +59,12 @@ class References:
 
     def __init__(self, tracking: Tracking):
         self._tracking = tracking
+
+    @functools.cache  # noqa: B019 (one References per run: the cache dies with it)
+    def validation(self, variant: str, version: str) -> tuple[float | None, float | None]:
+        """The version's validation accuracy and macro F1 (its training run's metrics)."""
+        metrics = self._tracking.version_metrics(variant, version)
+        return metrics.get("val_accuracy"), metrics.get("val_macro_f1")
 
     @functools.cache  # noqa: B019 (one References per run: the cache dies with it)
     def profiles(self, variant: str, version: str):
@@ -69,6 +81,7 @@ def monitor_one(
     *,
     run_id: str,
     drift_threshold: float,
+    performance_drop: float = PERFORMANCE_DROP,
 ) -> list:
     """Compute and upsert one shard's monitoring row; its materialization and check result."""
     name = str(predictions["model_name"].iloc[0]) if len(predictions) else ""
@@ -94,6 +107,10 @@ def monitor_one(
     metricsdb.upsert_monitoring_row(engine, row)
 
     drift = row["prediction_drift"]
+    val_accuracy, val_macro_f1 = references.validation(name.removeprefix("droughtwatch-"), version)
+    estimated = row["estimated_accuracy"]
+    floor = None if val_accuracy is None else val_accuracy - performance_drop
+    low = estimated is not None and floor is not None and estimated < floor
     metadata = {
         k: v
         for k, v in row.items()
@@ -103,7 +120,33 @@ def monitor_one(
         dg.AssetMaterialization(
             asset_key=MONITORING,
             partition=key,
-            metadata={**metadata, "model_name": name, "model_version": version},
+            metadata={
+                **metadata,
+                "model_name": name,
+                "model_version": version,
+                **({"val_accuracy": val_accuracy} if val_accuracy is not None else {}),
+                **({"val_macro_f1": val_macro_f1} if val_macro_f1 is not None else {}),
+            },
+        ),
+        shard_checks.evaluation(
+            MONITORING.path[0],
+            "estimated_performance",
+            key,
+            passed=not low,
+            blocking=False,
+            metadata={
+                "estimated_accuracy": estimated if estimated is not None else float("nan"),
+                "val_accuracy": val_accuracy if val_accuracy is not None else float("nan"),
+                "margin": performance_drop,
+            },
+            description=f"estimated accuracy {estimated:.3f} < validation {val_accuracy:.3f} "
+            f"- {performance_drop}"
+            if low
+            else (
+                "no validation accuracy recorded for this model version: nothing to compare with"
+                if floor is None
+                else None
+            ),
         ),
         shard_checks.evaluation(
             MONITORING.path[0],
@@ -131,6 +174,9 @@ BY_DATE_SCHEMA = dg.TableSchema(
         dg.TableColumn("ndvi_wasserstein", "float"),
         dg.TableColumn("ndmi_wasserstein", "float"),
         dg.TableColumn("accuracy", "float", description="labelled shards only"),
+        dg.TableColumn(
+            "estimated_accuracy", "float", description="CBPE, from the calibrated probabilities"
+        ),
     ]
 )
 
