@@ -38,6 +38,7 @@ PANEL_TITLES = {
     "Processed shards",
     "Drift by drop date",
     "Estimated and measured performance by drop date",
+    "Which input moved",
 }
 
 
@@ -283,8 +284,18 @@ def test_every_panel_and_the_alert_run_on_pipeline_rows(pg_engine: sa.Engine):
             0.3,
         ),
     ]
-    for row in shards:
+    for row in shards[:-1]:
         metricsdb.upsert_monitoring_row(pg_engine, row)
+    # The NDVI-shifted shard, with the input drift monitoring writes beside it.
+    moved = [
+        {"feature": "ndvi", "kind": "input", "psi": 1.5, "wasserstein": 0.3, "shard_value": 0.55,
+         "reference_value": 0.25, "shift": None},
+        {"feature": "B4", "kind": "input", "psi": 0.02, "wasserstein": 0.1, "shard_value": 80.0,
+         "reference_value": 79.5, "shift": None},
+        {"feature": "cloudy_share", "kind": "quality", "psi": None, "wasserstein": None,
+         "shard_value": 0.10, "reference_value": 0.06, "shift": 0.04},
+    ]  # fmt: skip
+    metricsdb.upsert_monitoring_row(pg_engine, {**shards[-1], "moved_input": "ndvi"}, moved)
     in_range = [s for s in shards if s["recorded_at"] > now - dt.timedelta(days=30)]
     high = shards[-1]
     assert high["prediction_drift"] > 0.3 > max(s["prediction_drift"] for s in shards[:-1])
@@ -343,6 +354,20 @@ def test_every_panel_and_the_alert_run_on_pipeline_rows(pg_engine: sa.Engine):
         (r["drop_date"], pytest.approx(r["prediction_drift"]), pytest.approx(r["ndvi_psi"]))
         for r in by_date
     ]
+
+    # Which input moved: the shifted shard names NDVI; the others, with no input rows, "-".
+    moved_table = results["Which input moved"]
+    latest_scoring: dict[str, dict] = {}
+    for shard in sorted(in_range, key=lambda s: s["recorded_at"]):
+        latest_scoring[shard["shard_key"]] = shard
+    newest_first = sorted(latest_scoring.values(), key=lambda s: s["recorded_at"], reverse=True)
+    assert [(r["shard_key"], r["model_version"]) for r in moved_table] == [
+        (s["shard_key"], s["model_version"]) for s in newest_first
+    ]
+    top = moved_table[0]
+    assert (top["moved_input"], top["max_input_psi"]) == ("ndvi", pytest.approx(1.5))
+    assert top["max_quality_shift"] == pytest.approx(0.04)
+    assert all(r["moved_input"] == "-" and r["max_input_psi"] is None for r in moved_table[1:])
 
     # Estimated next to measured: the latest scoring of each drop date's shard.
     performance = results["Estimated and measured performance by drop date"]

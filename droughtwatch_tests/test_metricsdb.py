@@ -259,8 +259,8 @@ def test_migration_from_an_older_schema(db_url):
 
 
 def test_version_1_databases_gain_the_estimated_performance_columns(db_url):
-    """A database written by schema version 1 (before CBPE) upgrades in place: its rows stay,
-    with no estimate, and new rows carry one."""
+    """A database written by schema version 1 (before CBPE and input drift) upgrades in place:
+    its rows stay, with no estimate, and new rows carry one; the input_drift table appears."""
     old = sa.MetaData()
     sa.Table("schema_version", old, sa.Column("version", sa.Integer, nullable=False))
     for table in (metricsdb.promotions, metricsdb.monitoring_metrics):
@@ -270,7 +270,7 @@ def test_version_1_databases_gain_the_estimated_performance_columns(db_url):
             *[
                 sa.Column(c.name, c.type, primary_key=c.primary_key, nullable=c.nullable)
                 for c in table.columns
-                if not c.name.startswith("estimated_")
+                if not c.name.startswith("estimated_") and c.name != "moved_input"
             ],
             *[
                 sa.UniqueConstraint(*c.columns.keys(), name=c.name)
@@ -304,6 +304,8 @@ def test_version_1_databases_gain_the_estimated_performance_columns(db_url):
             assert conn.execute(sa.select(metricsdb.schema_version.c.version)).scalar() == 2
         [kept] = metricsdb.monitoring_rows(engine)
         assert kept["shard_key"] == row["shard_key"] and kept["estimated_accuracy"] is None
+        assert kept["moved_input"] is None
+        assert "input_drift" in sa.inspect(engine).get_table_names()
         metricsdb.upsert_monitoring_row(
             engine, {**row, "model_version": "2", "estimated_accuracy": 0.7,
                      "estimated_macro_f1": 0.5}  # fmt: skip

@@ -7,7 +7,7 @@ One schema for SQLite (the embedded default under DROUGHTWATCH_HOME) and Postgre
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -112,8 +112,31 @@ monitoring_metrics = sa.Table(
     # (schema version 2; NULL on rows written before).
     sa.Column("estimated_accuracy", sa.Float, nullable=True),
     sa.Column("estimated_macro_f1", sa.Float, nullable=True),
+    # The input that moved most (table input_drift has every input), NULL when none did.
+    sa.Column("moved_input", sa.String(64), nullable=True),
     sa.Column("dagster_run_id", sa.String(64), nullable=False),
     sa.UniqueConstraint(*MONITORING_KEY, name="uq_monitoring_shard_model_version"),
+)
+
+# Drift of every input the model reads, one row per shard, model version and input: PSI and
+# Wasserstein distance of the per-image means of each band and index, and the shift of each
+# data-quality share (blank, cloudy, EVI-guarded) from the training reference (schema 2).
+input_drift = sa.Table(
+    "input_drift",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("shard_key", sa.String(255), nullable=False),
+    sa.Column("model_name", sa.String(255), nullable=False),
+    sa.Column("model_version", sa.String(64), nullable=False),
+    sa.Column("recorded_at", UTCDateTime, nullable=False, default=_utcnow),
+    sa.Column("feature", sa.String(64), nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # input or quality
+    sa.Column("psi", sa.Float, nullable=True),
+    sa.Column("wasserstein", sa.Float, nullable=True),
+    sa.Column("shard_value", sa.Float, nullable=True),
+    sa.Column("reference_value", sa.Float, nullable=True),
+    sa.Column("shift", sa.Float, nullable=True),
+    sa.UniqueConstraint(*MONITORING_KEY, "feature", name="uq_input_drift"),
 )
 
 Migration = Callable[[sa.Connection], None]
@@ -123,6 +146,7 @@ Migration = Callable[[sa.Connection], None]
 def _add_estimated_performance(conn: sa.Connection) -> None:
     for column in ("estimated_accuracy", "estimated_macro_f1"):
         conn.execute(sa.text(f"ALTER TABLE monitoring_metrics ADD COLUMN {column} FLOAT"))
+    conn.execute(sa.text("ALTER TABLE monitoring_metrics ADD COLUMN moved_input VARCHAR(64)"))
 
 
 MIGRATIONS: dict[int, Migration] = {1: _add_estimated_performance}
@@ -249,13 +273,30 @@ def promotion_history(engine: sa.Engine, model_name: str | None = None) -> list[
         return [dict(r._mapping) for r in conn.execute(query)]
 
 
-def upsert_monitoring_row(engine: sa.Engine, row: Mapping[str, Any]) -> None:
-    """Insert or replace the row for (shard_key, model_name, model_version): never duplicates."""
+def upsert_monitoring_row(
+    engine: sa.Engine, row: Mapping[str, Any], inputs: Sequence[Mapping[str, Any]] = ()
+) -> None:
+    """Insert or replace the row for (shard_key, model_name, model_version), and with `inputs`
+    its input_drift rows, in one transaction: never duplicates, never half written."""
     values = _checked_row(monitoring_metrics, row)
     values.pop("id", None)
     updates = {k: v for k, v in values.items() if k not in MONITORING_KEY}
     dialect = engine.dialect.name
     with engine.begin() as conn:
+        if inputs:
+            key = sa.and_(*(input_drift.c[k] == values[k] for k in MONITORING_KEY))
+            conn.execute(input_drift.delete().where(key))
+            conn.execute(
+                input_drift.insert(),
+                [
+                    _checked_row(input_drift, {
+                        **{k: values[k] for k in MONITORING_KEY},
+                        "recorded_at": values.get("recorded_at") or _utcnow(),
+                        **r,
+                    })
+                    for r in inputs
+                ],
+            )  # fmt: skip
         if dialect in ("sqlite", "postgresql"):
             insert = (sqlite if dialect == "sqlite" else postgresql).insert(monitoring_metrics)
             conn.execute(
@@ -268,6 +309,17 @@ def upsert_monitoring_row(engine: sa.Engine, row: Mapping[str, Any]) -> None:
         key = sa.and_(*(monitoring_metrics.c[k] == values[k] for k in MONITORING_KEY))
         conn.execute(monitoring_metrics.delete().where(key))
         conn.execute(monitoring_metrics.insert().values(**values))
+
+
+def input_drift_rows(engine: sa.Engine, shard_key: str) -> list[dict[str, Any]]:
+    """A shard's input_drift rows (every model version), the most moved first."""
+    query = (
+        sa.select(input_drift)
+        .where(input_drift.c.shard_key == shard_key)
+        .order_by(input_drift.c.model_version, input_drift.c.psi.desc().nulls_last())
+    )
+    with engine.connect() as conn:
+        return [dict(r._mapping) for r in conn.execute(query)]
 
 
 def monitoring_rows(engine: sa.Engine, model_name: str | None = None) -> list[dict[str, Any]]:

@@ -357,3 +357,73 @@ def monitoring_row(
     except ValueError as exc:
         raise ValueError(f"shard {shard_key} (model {model_name} v{model_version}): {exc}") from exc
     return row
+
+
+# A data-quality share this far from the training reference's counts as moved (absolute).
+QUALITY_SHIFT = 0.05
+
+
+def input_drift(
+    references: Mapping[str, ReferenceProfile],
+    values: Mapping[str, np.ndarray],
+    quality_reference: Mapping[str, float] | None = None,
+    quality: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Drift of every input the model reads, one row per input, the most moved first.
+
+    For each feature in both `references` and `values` (per-image means: bands B1..B11 and the
+    indices), its PSI and Wasserstein-1 distance against the training reference, and the mean
+    of the shard and of the reference (the median of its quantiles' mean). For each
+    data-quality share in both `quality_reference` and `quality` (blank, cloudy, EVI-guarded),
+    the shard's and the reference's share and their difference as ``shift`` (no PSI). Rows are
+    sorted by PSI, then shift, descending, so the first row names what moved most."""
+    rows: list[dict[str, Any]] = []
+    for feature, reference in references.items():
+        if feature not in values:
+            continue
+        array = _finite_values(values[feature], feature)
+        rows.append(
+            {
+                "feature": feature,
+                "kind": "input",
+                "psi": psi(reference, array),
+                "wasserstein": wasserstein(reference, array),
+                "shard_value": float(array.mean()) if array.size else float("nan"),
+                "reference_value": float(np.mean(reference.quantiles)),
+                "shift": None,
+            }
+        )
+    for name, expected in (quality_reference or {}).items():
+        if quality is None or name not in quality:
+            continue
+        rows.append(
+            {
+                "feature": name,
+                "kind": "quality",
+                "psi": None,
+                "wasserstein": None,
+                "shard_value": float(quality[name]),
+                "reference_value": float(expected),
+                "shift": float(quality[name]) - float(expected),
+            }
+        )
+    def moved(row: Mapping[str, Any]) -> tuple[float, float]:
+        return (
+            row["psi"] if row["psi"] is not None else -1.0,
+            abs(row["shift"]) if row["shift"] is not None else 0.0,
+        )
+
+    rows.sort(key=moved, reverse=True)
+    return rows
+
+
+def most_moved(rows: Sequence[Mapping[str, Any]], psi_threshold: float = 0.2) -> str | None:
+    """The input that moved most, if any moved: the highest-PSI input above `psi_threshold`,
+    else the quality share furthest from its reference beyond QUALITY_SHIFT; None if neither."""
+    inputs = [r for r in rows if r["psi"] is not None and r["psi"] > psi_threshold]
+    if inputs:
+        return str(max(inputs, key=lambda r: r["psi"])["feature"])
+    shares = [r for r in rows if r["shift"] is not None and abs(r["shift"]) > QUALITY_SHIFT]
+    if shares:
+        return str(max(shares, key=lambda r: abs(r["shift"]))["feature"])
+    return None

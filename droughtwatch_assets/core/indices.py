@@ -174,6 +174,17 @@ def _mean_std(values: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray]:
     return mean, np.sqrt(squares / _F32(_PIXELS))
 
 
+def band_means_of(images: np.ndarray) -> np.ndarray:
+    """Per-image mean of each band, (n, 11) float32, a chunk at a time (no float copy of the
+    whole stack)."""
+    images = _check_stack(images)
+    out = np.empty((images.shape[0], len(BANDS)), _F32)
+    for start, stop in _chunks(images.shape[0]):
+        chunk = images[start:stop].reshape(stop - start, len(BANDS), -1)
+        out[start:stop] = chunk.sum(axis=2, dtype=np.uint32) / _F32(_PIXELS)
+    return out
+
+
 def index_dataset(ids: np.ndarray, labels: np.ndarray, images: np.ndarray) -> xr.Dataset:
     """Quantised NDVI/NDMI/EVI maps plus per-image float32 summary stats as a Dataset.
 
@@ -232,6 +243,10 @@ def index_dataset(ids: np.ndarray, labels: np.ndarray, images: np.ndarray) -> xr
         guarded_fraction,
         {"long_name": f"fraction of pixels with EVI denominator < {EVI_MIN_DENOMINATOR}"},
     )
+    # Each band's per-image mean (raw 0..255 values): what drift monitoring compares per input.
+    band_means = band_means_of(images)
+    for i, band in enumerate(BANDS):
+        data_vars[f"{band}_mean"] = ("image", band_means[:, i], {"units": "1", "range": "0..255"})
     return xr.Dataset(
         data_vars,
         coords={"id": ("image", ids), "label": ("image", labels.astype(np.int8))},

@@ -36,6 +36,7 @@ from droughtwatch_assets.defs.monitoring import assets as monitoring
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
 from droughtwatch_assets.pipeline import lake
+from droughtwatch_assets.pipeline.monitoring import quality_shares
 
 INGEST = frozenset(ingest.KEYS)
 SCORING = frozenset({inference.PREDICTIONS, monitoring.MONITORING})
@@ -207,6 +208,12 @@ class _ShardRun:
                     frame = lake.read(self.lake, lake.BATCH_PREDICTIONS, key, pd.DataFrame)
                 if monitoring.MONITORING in todo and frame is not None:
                     assert engine is not None and self._references is not None
+                    report = lake.read(self.lake, lake.RAW_TFRECORDS, key, dict)
+                    quality = quality_shares(
+                        int(report.get("records", 0)),
+                        filtered["cloudy"].values,
+                        indices["evi_guarded_fraction"].values,
+                    )
                     yield from monitoring.monitor_one(
                         key,
                         frame,
@@ -216,6 +223,7 @@ class _ShardRun:
                         run_id=self.context.run.run_id,
                         drift_threshold=self.config.drift_threshold,
                         performance_drop=self.config.performance_drop,
+                        quality=quality,
                     )
             except Exception as exc:
                 self.fail(key, exc)

@@ -9,15 +9,23 @@ imports Dagster.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+import xarray as xr
 
 from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.core.drift import ReferenceProfile, reference_profile
 from droughtwatch_assets.core.imagestack import read_columns
-from droughtwatch_assets.pipeline.lake import SPECTRAL_INDICES, object_key
+from droughtwatch_assets.core.tfrecord import BANDS
+from droughtwatch_assets.pipeline.lake import (
+    FILTERED_IMAGES,
+    RAW_TFRECORDS,
+    SPECTRAL_INDICES,
+    object_key,
+)
 
 REFERENCE_ARTIFACT = "reference.json"
 SUMMARY_COLUMNS = ("ndvi_mean", "ndmi_mean")
@@ -43,10 +51,13 @@ def training_reference(
     confusion = np.asarray(val_confusion, dtype=np.float64)
     predicted = confusion.sum(axis=0)
     summaries = index_summaries(lake, train_keys)
+    inputs, quality = input_reference(lake, train_keys)
     return {
         "predicted_label_distribution": (predicted / max(predicted.sum(), 1.0)).tolist(),
         "ndvi_mean": reference_profile(summaries["ndvi_mean"]).to_dict(),
         "ndmi_mean": reference_profile(summaries["ndmi_mean"]).to_dict(),
+        "inputs": inputs,
+        "quality": quality,
         "train_shards": list(train_keys),
     }
 
@@ -99,3 +110,76 @@ def drift_by_drop_date(rows: Sequence[Mapping]) -> list[dict]:
         out["max_prediction_drift"] = max(float(r["prediction_drift"]) for r in group)
         summary.append(out)
     return summary
+
+
+# The inputs a model reads, as per-image means in spectral_indices: the 11 bands and 3 indices.
+INPUT_FEATURES = (*BANDS, "ndvi", "ndmi", "evi")
+QUALITY_SHARES = ("blank_share", "cloudy_share", "evi_guarded_share")
+
+
+def input_values(indices: xr.Dataset) -> dict[str, np.ndarray]:
+    """Each input's per-image means in one shard's indices (features absent from an older
+    lake object are left out)."""
+    return {
+        f: indices[f"{f}_mean"].values.astype(np.float64)
+        for f in INPUT_FEATURES
+        if f"{f}_mean" in indices
+    }
+
+
+def quality_shares(records: int, cloudy: np.ndarray, evi_guarded: np.ndarray) -> dict[str, float]:
+    """A shard's data quality: the share of its records removed as blank, and of its kept
+    images flagged cloudy and with any EVI-guarded pixel."""
+    kept = len(cloudy)
+    return {
+        "blank_share": (records - kept) / records if records else 0.0,
+        "cloudy_share": float(np.mean(cloudy)) if kept else 0.0,
+        "evi_guarded_share": float(np.mean(np.asarray(evi_guarded) > 0)) if kept else 0.0,
+    }
+
+
+def _shard_quality(lake: Store, key: str) -> tuple[int, np.ndarray, np.ndarray]:
+    report = json.loads(lake.read_bytes(object_key(RAW_TFRECORDS, key)))
+    cloudy = read_columns(lake.read_bytes(object_key(FILTERED_IMAGES, key)), ["cloudy"])
+    guarded = read_columns(
+        lake.read_bytes(object_key(SPECTRAL_INDICES, key)), ["evi_guarded_fraction"]
+    )
+    return (
+        int(report.get("records", 0)),
+        cloudy["cloudy"].values,
+        guarded["evi_guarded_fraction"].values,
+    )
+
+
+def input_reference(lake: Store, train_keys: Sequence[str]) -> tuple[dict, dict]:
+    """The training shards' input profiles (``{feature: ReferenceProfile dict}``, for the
+    features every shard has) and their data-quality shares (over all their records)."""
+    columns = [f"{f}_mean" for f in INPUT_FEATURES]
+    parts: dict[str, list[np.ndarray]] = {f: [] for f in INPUT_FEATURES}
+    records = blank = kept = cloudy = guarded = 0
+    for key in train_keys:
+        data = lake.read_bytes(object_key(SPECTRAL_INDICES, key))
+        try:
+            ds = read_columns(data, columns)
+        except KeyError:  # ingested before the band means existed: indices only
+            ds = read_columns(data, [f"{f}_mean" for f in ("ndvi", "ndmi", "evi")])
+        for feature, values in input_values(ds).items():
+            parts[feature].append(values)
+        shard_records, shard_cloudy, shard_guarded = _shard_quality(lake, key)
+        records += shard_records
+        blank += shard_records - len(shard_cloudy)
+        kept += len(shard_cloudy)
+        cloudy += int(np.sum(shard_cloudy))
+        guarded += int(np.sum(np.asarray(shard_guarded) > 0))
+    n = len(train_keys)
+    profiles = {
+        f: reference_profile(np.concatenate(v)).to_dict()
+        for f, v in parts.items()
+        if len(v) == n and n and sum(len(a) for a in v)
+    }
+    quality = {
+        "blank_share": blank / records if records else 0.0,
+        "cloudy_share": cloudy / kept if kept else 0.0,
+        "evi_guarded_share": guarded / kept if kept else 0.0,
+    }
+    return profiles, quality

@@ -249,7 +249,10 @@ def _row(**overrides) -> dict:
 def test_monitoring_row_every_field():
     row = _row()
     expected_columns = {
-        c.name for c in metricsdb.monitoring_metrics.columns if c.name not in ("id", "recorded_at")
+        c.name
+        for c in metricsdb.monitoring_metrics.columns
+        # moved_input comes from input_drift, which monitor_one adds beside the row
+        if c.name not in ("id", "recorded_at", "moved_input")
     }
     assert set(row) == expected_columns
     assert row["shard_key"] == "2024-08-07/part-r-00000"
@@ -335,3 +338,34 @@ def test_module_imports_no_orchestration():
     imported |= {n.module or "" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
     assert "numpy" in imported
     assert not {m for m in imported if m.split(".")[0] in ("dagster", "boto3")}
+
+
+def test_input_drift_names_the_input_that_moved():
+    from droughtwatch_assets.core.drift import input_drift, most_moved, reference_profile
+
+    rng = np.random.default_rng(5)
+    reference = {f: reference_profile(rng.normal(100, 10, 5000)) for f in ("B4", "B5", "ndvi")}
+    values = {
+        "B4": rng.normal(100, 10, 300),
+        "B5": rng.normal(130, 10, 300),  # a sensor offset of 3 standard deviations
+        "ndvi": rng.normal(100, 10, 300),
+    }
+    quality_reference = {"cloudy_share": 0.06, "blank_share": 0.02}
+    rows = input_drift(reference, values, quality_reference, {"cloudy_share": 0.06,
+                                                               "blank_share": 0.03})  # fmt: skip
+    assert [r["feature"] for r in rows][0] == "B5" and rows[0]["psi"] > 1.0
+    assert all(r["psi"] < 0.1 for r in rows if r["feature"] in ("B4", "ndvi"))
+    assert rows[0]["shard_value"] == pytest.approx(130, abs=2)
+    assert rows[0]["reference_value"] == pytest.approx(100, abs=1)
+    quality = {r["feature"]: r for r in rows if r["kind"] == "quality"}
+    assert quality["blank_share"]["shift"] == pytest.approx(0.01)
+    assert most_moved(rows) == "B5"
+
+    # No input beyond PSI 0.2: the quality share furthest beyond 0.05 is named, else nothing.
+    calm = {f: rng.normal(100, 10, 300) for f in reference}
+    cloudy = input_drift(reference, calm, quality_reference, {"cloudy_share": 0.30,
+                                                              "blank_share": 0.02})  # fmt: skip
+    assert most_moved(cloudy) == "cloudy_share"
+    assert most_moved(input_drift(reference, calm, quality_reference, quality_reference)) is None
+    # A feature the reference lacks (a model trained before band means existed) is skipped.
+    assert {r["feature"] for r in input_drift({}, values)} == set()

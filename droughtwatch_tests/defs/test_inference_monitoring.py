@@ -143,6 +143,15 @@ def test_drop_is_found_predicted_and_monitored(loop):
     assert 0 <= row["prediction_drift"] <= 0.833  # at most sqrt(ln 2)
     assert row["accuracy"] is not None  # the generated drop is labelled: an evaluation too
     assert row["ndvi_psi"] >= 0 and row["ndvi_wasserstein"] >= 0
+    # Drift of every input: the 11 bands and 3 indices, and 3 data-quality shares.
+    engine = metricsdb.connect(metricsdb.database_url(settings))
+    inputs = {r["feature"]: r for r in metricsdb.input_drift_rows(engine, DROP)}
+    assert set(inputs) == {f"B{i}" for i in range(1, 12)} | {"ndvi", "ndmi", "evi"} | {
+        "blank_share", "cloudy_share", "evi_guarded_share"
+    }
+    assert all(r["psi"] >= 0 for r in inputs.values() if r["kind"] == "input")
+    assert inputs["ndvi"]["psi"] == pytest.approx(row["ndvi_psi"], rel=1e-6)
+    assert 0 <= inputs["cloudy_share"]["shard_value"] <= 1
 
     # The drift summary by drop date (automation, or the CLI after scoring, runs this job).
     summary_job = build_definitions(settings).resolve_job_def("drift_summary_job")
@@ -245,14 +254,14 @@ def test_database_away_for_a_moment_is_retried(loop, postgres, monkeypatch):
     real = metricsdb.upsert_monitoring_row
     timers: list[threading.Timer] = []
 
-    def outage_then_upsert(engine, row):
+    def outage_then_upsert(engine, row, inputs=()):
         if not timers:  # the first write finds PostgreSQL gone; it is back 1.5 s later
             pgserver.get_server(path, cleanup_mode="stop").cleanup()
             timers.append(
                 threading.Timer(1.5, lambda: pgserver.get_server(path, cleanup_mode="stop"))
             )
             timers[0].start()
-        return real(engine, row)
+        return real(engine, row, inputs)
 
     monkeypatch.setattr(metricsdb, "upsert_monitoring_row", outage_then_upsert)
     job = build_definitions(settings).resolve_job_def("rescore_job")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+from collections.abc import Mapping
 
 import dagster as dg
 import pandas as pd
@@ -12,12 +13,17 @@ import xarray as xr
 
 from droughtwatch_assets.adapters import metricsdb
 from droughtwatch_assets.adapters.tracking import Tracking
-from droughtwatch_assets.core.drift import monitoring_row
+from droughtwatch_assets.core.drift import (
+    ReferenceProfile,
+    input_drift,
+    monitoring_row,
+    most_moved,
+)
 from droughtwatch_assets.defs import checks as shard_checks
 from droughtwatch_assets.defs.keys import DRIFT_BY_DROP_DATE, INDICES, MONITORING, PREDICTIONS
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import MetricsDbResource
-from droughtwatch_assets.pipeline.monitoring import REFERENCE_ARTIFACT, profiles
+from droughtwatch_assets.pipeline.monitoring import REFERENCE_ARTIFACT, input_values, profiles
 from droughtwatch_assets.pipeline.monitoring import drift_by_drop_date as summarize_by_drop_date
 
 GROUP = "monitoring"
@@ -67,9 +73,23 @@ class References:
         return metrics.get("val_accuracy"), metrics.get("val_macro_f1")
 
     @functools.cache  # noqa: B019 (one References per run: the cache dies with it)
-    def profiles(self, variant: str, version: str):
+    def inputs(self, variant: str, version: str) -> tuple[dict, dict]:
+        """The version's per-input reference profiles and data-quality shares (empty for a
+        model trained before they were recorded)."""
+        reference = self._reference(variant, version)
+        profiles_ = {
+            f: ReferenceProfile.from_dict(d) for f, d in reference.get("inputs", {}).items()
+        }
+        return profiles_, dict(reference.get("quality", {}))
+
+    @functools.cache  # noqa: B019 (one References per run: the cache dies with it)
+    def _reference(self, variant: str, version: str) -> dict:
         run_id = self._tracking.version_run_id(variant, version)
-        return profiles(self._tracking.load_dict(run_id, REFERENCE_ARTIFACT))
+        return self._tracking.load_dict(run_id, REFERENCE_ARTIFACT)
+
+    @functools.cache  # noqa: B019 (one References per run: the cache dies with it)
+    def profiles(self, variant: str, version: str):
+        return profiles(self._reference(variant, version))
 
 
 def monitor_one(
@@ -82,6 +102,7 @@ def monitor_one(
     run_id: str,
     drift_threshold: float,
     performance_drop: float = PERFORMANCE_DROP,
+    quality: Mapping[str, float] | None = None,
 ) -> list:
     """Compute and upsert one shard's monitoring row; its materialization and check result."""
     name = str(predictions["model_name"].iloc[0]) if len(predictions) else ""
@@ -103,8 +124,13 @@ def monitor_one(
         true_labels=indices["label"].values,
         dagster_run_id=run_id,
     )
+    input_profiles, quality_reference = references.inputs(
+        name.removeprefix("droughtwatch-"), version
+    )
+    inputs = input_drift(input_profiles, input_values(indices), quality_reference, quality)
+    row["moved_input"] = most_moved(inputs)
     row["recorded_at"] = dt.datetime.now(dt.UTC)
-    metricsdb.upsert_monitoring_row(engine, row)
+    metricsdb.upsert_monitoring_row(engine, row, inputs)
 
     drift = row["prediction_drift"]
     val_accuracy, val_macro_f1 = references.validation(name.removeprefix("droughtwatch-"), version)
@@ -124,6 +150,12 @@ def monitor_one(
                 **metadata,
                 "model_name": name,
                 "model_version": version,
+                "moved_input": row["moved_input"] or "none",
+                **{
+                    f"psi_{r['feature']}": r["psi"]
+                    for r in inputs
+                    if r["psi"] is not None
+                },
                 **({"val_accuracy": val_accuracy} if val_accuracy is not None else {}),
                 **({"val_macro_f1": val_macro_f1} if val_macro_f1 is not None else {}),
             },
