@@ -48,6 +48,7 @@ def cmd_sample_data(args: argparse.Namespace, settings: Settings) -> int:
         start_date=args.start_date,
         seed=args.seed,
         labelled_drops=not args.unlabelled_drops,
+        shift=args.shift,
     )
     return 0
 
@@ -63,9 +64,11 @@ def sample_data(
     start_date: dt.date,
     seed: int,
     labelled_drops: bool = True,
+    shift: str = "none",
 ) -> list[str]:
-    """Write a synthetic corpus (train/val shards, dated drops) into `store`; its keys."""
-    from droughtwatch_assets.core.synthetic import iter_benchmark_shards, iter_drop_shards
+    """Write a synthetic corpus (train/val shards, dated drops drawn with `shift`, one of
+    ``core.synthetic.SHIFTS``) into `store`; its keys."""
+    from droughtwatch_assets.core.synthetic import SHIFTS, iter_benchmark_shards, iter_drop_shards
 
     keys: list[str] = []
     if train or val:
@@ -80,6 +83,7 @@ def sample_data(
             start_date=start_date,
             seed=seed,
             labelled=labelled_drops,
+            shift=SHIFTS[shift],
         )
         keys += write_shards(store, shards, drops * records_per_drop, "drops")
     print(f"wrote {len(keys)} shards to {store.uri}")
@@ -482,6 +486,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drops", type=int, default=0, help="dated drops to write (default 0)")
     p.add_argument("--records-per-drop", type=int, default=250)
     p.add_argument("--unlabelled-drops", action="store_true", help="drops without labels")
+    p.add_argument(
+        "--shift",
+        choices=["none", "dry", "cloudy", "offset"],
+        default="none",
+        help="drops drawn unlike the training data, labelled so the truth is known: dry (class "
+        "prior towards 0), cloudy (35%% cloudy scenes), offset (B5 reads 20 counts high)",
+    )
     p.add_argument("--start-date", type=dt.date.fromisoformat, default=dt.date(2024, 8, 1))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_sample_data)

@@ -418,12 +418,13 @@ def input_drift(
 
 
 def most_moved(rows: Sequence[Mapping[str, Any]], psi_threshold: float = 0.2) -> str | None:
-    """The input that moved most, if any moved: the highest-PSI input above `psi_threshold`,
-    else the quality share furthest from its reference beyond QUALITY_SHIFT; None if neither."""
-    inputs = [r for r in rows if r["psi"] is not None and r["psi"] > psi_threshold]
-    if inputs:
-        return str(max(inputs, key=lambda r: r["psi"])["feature"])
+    """What moved, if anything: the data-quality share furthest from its reference beyond
+    QUALITY_SHIFT (cloudier or blanker scenes move every band, so the share is the cause to
+    name), else the highest-PSI input above `psi_threshold`; None if neither."""
     shares = [r for r in rows if r["shift"] is not None and abs(r["shift"]) > QUALITY_SHIFT]
     if shares:
         return str(max(shares, key=lambda r: abs(r["shift"]))["feature"])
+    inputs = [r for r in rows if r["psi"] is not None and r["psi"] > psi_threshold]
+    if inputs:
+        return str(max(inputs, key=lambda r: r["psi"])["feature"])
     return None

@@ -107,6 +107,31 @@ class _SceneParameters:
         return _SceneParameters(**{k: v[rows] for k, v in vars(self).items()})
 
 
+@dataclass(frozen=True)
+class Shift:
+    """How new drops differ from the training data, with the truth known (they stay labelled):
+
+    - ``class_balance``: a prior shift, P(label) moves while each class's images stay alike;
+    - ``cloudy_fraction``: cloudier scenes;
+    - ``band_offsets``: a sensor offset, digital numbers added to some bands (clipped 0..255).
+    """
+
+    name: str = "none"
+    class_balance: tuple[float, ...] = tuple(CLASS_BALANCE)
+    cloudy_fraction: float = 0.06
+    band_offsets: tuple[tuple[str, int], ...] = ()
+
+
+SHIFTS = {
+    "none": Shift(),
+    # A drier season: most patches feed no cow.
+    "dry": Shift("dry", class_balance=(0.85, 0.09, 0.04, 0.02)),
+    "cloudy": Shift("cloudy", cloudy_fraction=0.35),
+    # A recalibrated near-infrared detector reading 20 counts high.
+    "offset": Shift("offset", band_offsets=(("B5", 20),)),
+}
+
+
 def generate_images(
     n: int,
     rng: np.random.Generator,
@@ -114,6 +139,7 @@ def generate_images(
     class_balance: Sequence[float] = CLASS_BALANCE,
     blank_fraction: float = 0.02,
     cloudy_fraction: float = 0.06,
+    band_offsets: Sequence[tuple[str, int]] = (),
 ) -> tuple[np.ndarray, np.ndarray]:
     """Generate `n` labelled 11-band patches: images (n, 11, 65, 65) uint8 and labels (n,) int8.
 
@@ -157,6 +183,8 @@ def generate_images(
         if cloudy[rows].any():
             _add_clouds(bands, np.flatnonzero(cloudy[rows]), rng)
         bands += (rng.random(bands.shape, dtype=np.float32) - np.float32(0.5)) * _NOISE_WIDTH
+        for band, offset in band_offsets:
+            bands[:, int(band[1:]) - 1] += np.float32(offset)
         np.rint(bands, out=bands)
         np.clip(bands, 0, 255, out=bands)
         images[rows] = bands
@@ -248,9 +276,17 @@ def generate_ids(n: int, rng: np.random.Generator) -> list[str]:
     return [str(uuid.UUID(bytes=raw[16 * i : 16 * (i + 1)], version=4)) for i in range(n)]
 
 
-def generate_shard(records: int, rng: np.random.Generator, *, labelled: bool = True) -> bytes:
-    """One shard of `records` generated examples, serialized as TFRecord bytes."""
-    images, labels = generate_images(records, rng)
+def generate_shard(
+    records: int, rng: np.random.Generator, *, labelled: bool = True, shift: Shift = SHIFTS["none"]
+) -> bytes:
+    """One shard of `records` generated examples (drawn as `shift` says), as TFRecord bytes."""
+    images, labels = generate_images(
+        records,
+        rng,
+        class_balance=shift.class_balance,
+        cloudy_fraction=shift.cloudy_fraction,
+        band_offsets=shift.band_offsets,
+    )
     ids = generate_ids(records, rng)
     shard_labels: Sequence[int | None] | np.ndarray = labels if labelled else [None] * records
     return encode_shard(images, shard_labels, ids)
@@ -283,8 +319,10 @@ def iter_drop_shards(
     start_date: datetime.date,
     seed: int = 0,
     labelled: bool = True,
+    shift: Shift = SHIFTS["none"],
 ) -> Iterator[SyntheticShard]:
-    """Yield one new-data shard per consecutive day: `drops/<YYYY-MM-DD>/part-r-00000`.
+    """Yield one new-data shard per consecutive day: `drops/<YYYY-MM-DD>/part-r-00000`, drawn
+    as `shift` says (unshifted by default).
 
     Unlabelled drops carry no `label` feature (as field data would arrive); the images are the
     same as the labelled drop with the same seed.
@@ -296,5 +334,5 @@ def iter_drop_shards(
     for index in range(drops):
         day = start_date + datetime.timedelta(days=index)
         rng = np.random.default_rng([seed, _DROP_STREAM, index])
-        data = generate_shard(records_per_drop, rng, labelled=labelled)
+        data = generate_shard(records_per_drop, rng, labelled=labelled, shift=shift)
         yield SyntheticShard(f"drops/{day.isoformat()}/part-r-00000", data, records_per_drop)

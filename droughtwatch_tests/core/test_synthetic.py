@@ -258,3 +258,31 @@ def test_unlabelled_drops_decode_unlabelled_with_same_images() -> None:
     reference = decode_shard(labelled.data, labelled.key)
     np.testing.assert_array_equal(plain.images, reference.images)
     assert plain.ids.tolist() == reference.ids.tolist()
+
+
+def test_shifted_drops_shift_what_they_say():
+    from droughtwatch_assets.core.indices import band_means_of
+    from droughtwatch_assets.core.synthetic import SHIFTS, generate_images
+
+    def draw(name: str):
+        shift = SHIFTS[name]
+        return generate_images(
+            1500, np.random.default_rng(11), class_balance=shift.class_balance,
+            cloudy_fraction=shift.cloudy_fraction, band_offsets=shift.band_offsets,
+        )  # fmt: skip
+
+    base_images, base_labels = draw("none")
+    _, dry_labels = draw("dry")
+    assert np.mean(base_labels == 0) == pytest.approx(0.60, abs=0.04)
+    assert np.mean(dry_labels == 0) == pytest.approx(0.85, abs=0.03)
+    offset_images, offset_labels = draw("offset")
+    assert (offset_labels == base_labels).all()  # the same scenes, read differently
+    shifted = band_means_of(offset_images) - band_means_of(base_images)
+    kept = base_images.reshape(len(base_images), -1).max(axis=1) > 1  # blank patches stay blank
+    assert np.median(shifted[kept, 4]) == pytest.approx(20, abs=1)  # B5
+    assert np.abs(np.median(shifted[kept][:, [0, 1, 2, 3, 5]], axis=0)).max() < 0.5
+    cloudy_images, _ = draw("cloudy")
+    # Clouds are bright in the blue band: far more very bright patches than without the shift.
+    def bright(images):
+        return np.mean(band_means_of(images)[:, 1] > 60)
+    assert bright(cloudy_images) > 3 * bright(base_images)
