@@ -20,7 +20,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 CHECKOV := .tools/checkov/bin/checkov
 COMPOSE := docker compose -f docker/docker-compose.yml --env-file docker/.env
 
-.PHONY: install tools browser demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e \
+.PHONY: install tools browser demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e bench-monitoring \
 	stack-up stack-down clean
 
 $(UV):
@@ -86,6 +86,9 @@ bench-training: install  ## input pipeline, earlier approach, memory; docs/bench
 
 bench-inference: install  ## predictions/s and drop-to-metrics latency; docs/benchmarks-inference.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.inference
+
+bench-monitoring: install  ## estimated vs true accuracy on shifted drops; docs/benchmarks-monitoring.md
+	$(BIN)/python -m droughtwatch_tests.benchmarks.monitoring $(ARGS)
 
 # ARGS passes options through, e.g. ARGS='--shards 100 --memory-shards 0 --repeats 1'.
 bench-e2e: install  ## every user path on real-shaped shards vs the earlier approach; docs/benchmarks-e2e.md
