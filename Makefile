@@ -20,7 +20,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 CHECKOV := .tools/checkov/bin/checkov
 COMPOSE := docker compose -f docker/docker-compose.yml --env-file docker/.env
 
-.PHONY: install tools browser demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e bench-monitoring \
+.PHONY: install tools browser nannyml-reference demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e bench-monitoring \
 	stack-up stack-down clean
 
 $(UV):
@@ -52,6 +52,14 @@ browser:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium \
 	      > /dev/null 2>&1; } || echo "note: chromium could not be installed; the UI test will skip"; \
 	  else echo "note: no chromium (apt-get install chromium); the UI test will skip"; fi; }
+
+# NannyML's CBPE on fixed probabilities, recorded for droughtwatch_tests/core/test_calibration.py
+# (committed; rerun after changing the cases). Its own environment: 1.8 GB of dependencies.
+nannyml-reference:
+	$(PYTHON) -m venv .tools/nannyml
+	.tools/nannyml/bin/pip install --quiet --disable-pip-version-check \
+	  -r droughtwatch_tests/tools/requirements-nannyml.txt
+	.tools/nannyml/bin/python droughtwatch_tests/tools/nannyml_reference.py
 
 tools: $(CHECKOV) browser  ## checkov (the Terraform scan) and Chromium (the UI test), outside the environment
 

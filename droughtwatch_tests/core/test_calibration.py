@@ -97,3 +97,17 @@ def test_cbpe_matches_the_metrics_of_labels_drawn_from_calibrated_probabilities(
     est = estimate_performance(p)
     assert est.accuracy == pytest.approx(np.mean(accuracies), abs=0.005)
     assert est.macro_f1 == pytest.approx(np.mean(f1s), abs=0.01)
+
+
+def test_cbpe_matches_nannyml():
+    """NannyML 0.13.1's CBPE on the same probabilities (recorded by `make nannyml-reference`,
+    which runs the library in its own environment): the same expected accuracy and macro F1."""
+    import json
+    from pathlib import Path
+
+    recorded = json.loads((Path(__file__).with_name("nannyml_cbpe_reference.json")).read_text())
+    assert recorded["nannyml"] == "0.13.1" and len(recorded["cases"]) == 3
+    for case in recorded["cases"]:
+        ours = estimate_performance(np.array(case["probabilities"]))
+        assert ours.accuracy == pytest.approx(case["accuracy"], abs=1e-6), case["seed"]
+        assert ours.macro_f1 == pytest.approx(case["macro_f1"], abs=1e-6), case["seed"]
