@@ -103,6 +103,7 @@ def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
     # Calibration on the val shards: a temperature, the ECE before and (cross-fitted) after.
     assert trained["temperature"] > 0
     assert 0 <= trained["val_ece_calibrated"] <= 1 and 0 <= trained["val_ece"] <= 1
+    assert trained["reliability"].startswith("| confidence bin | images |")
 
     # The MLflow run: the whole variant, per-epoch history, metrics, artifacts, lineage tags.
     client = MlflowClient(default_tracking_uri(settings))

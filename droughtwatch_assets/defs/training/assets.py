@@ -113,10 +113,22 @@ def calibration_metadata(result: TrainingResult) -> dict:
     c = result.calibration
     if c is None:
         return {}
+    bins = "\n".join(
+        f"| {lo:.2f}-{hi:.2f} | {n} | {conf:.3f} | {acc:.3f} |"
+        for lo, hi, n, conf, acc in zip(
+            c.reliability.edges[:-1], c.reliability.edges[1:], c.reliability.counts,
+            c.reliability.confidence, c.reliability.accuracy, strict=True,
+        )
+        if n
+    )  # fmt: skip
     return {
         "val_ece": c.ece,
         "val_ece_calibrated": c.ece_calibrated,
         "temperature": c.temperature,
+        # The reliability diagram as a table (the image is in the MLflow run).
+        "reliability": dg.MetadataValue.md(
+            "| confidence bin | images | mean confidence | accuracy |\n|---|---|---|---|\n" + bins
+        ),
     }
 
 
