@@ -85,14 +85,22 @@ promotions = sa.Table(
 
 MONITORING_KEY = ("shard_key", "model_name", "model_version")
 
+
+def _scoring_columns() -> list[sa.Column]:
+    """What identifies one scoring of a shard (MONITORING_KEY), with its id and time."""
+    return [
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("shard_key", sa.String(255), nullable=False),
+        sa.Column("model_name", sa.String(255), nullable=False),
+        sa.Column("model_version", sa.String(64), nullable=False),
+        sa.Column("recorded_at", UTCDateTime, nullable=False, default=_utcnow),
+    ]
+
+
 monitoring_metrics = sa.Table(
     "monitoring_metrics",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("shard_key", sa.String(255), nullable=False),
-    sa.Column("model_name", sa.String(255), nullable=False),
-    sa.Column("model_version", sa.String(64), nullable=False),
-    sa.Column("recorded_at", UTCDateTime, nullable=False, default=_utcnow),
+    *_scoring_columns(),
     sa.Column("n_predictions", sa.Integer, nullable=False),
     sa.Column("class_0_frac", sa.Float, nullable=False),
     sa.Column("class_1_frac", sa.Float, nullable=False),
@@ -124,11 +132,7 @@ monitoring_metrics = sa.Table(
 input_drift = sa.Table(
     "input_drift",
     metadata,
-    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
-    sa.Column("shard_key", sa.String(255), nullable=False),
-    sa.Column("model_name", sa.String(255), nullable=False),
-    sa.Column("model_version", sa.String(64), nullable=False),
-    sa.Column("recorded_at", UTCDateTime, nullable=False, default=_utcnow),
+    *_scoring_columns(),
     sa.Column("feature", sa.String(64), nullable=False),
     sa.Column("kind", sa.String(16), nullable=False),  # input or quality
     sa.Column("psi", sa.Float, nullable=True),
