@@ -44,6 +44,7 @@ MODEL_PREFIX = "droughtwatch-"
 # metrics a training logs once, and MLflow would mix the two series under one key.
 HISTORY_PREFIX = "epoch_"
 CALIBRATION = "calibration.json"  # a trained model's temperature, ECE and reliability bins
+ONNX_ARTIFACT = "model.onnx"  # the registered model as ONNX, with its temperature inside
 TRACKING_ENV = "MLFLOW_TRACKING_URI"  # MLflow's own, which its URI setters write
 REGISTRY_ENV = "MLFLOW_REGISTRY_URI"
 MODEL_ARTIFACT_NAME = "model"
@@ -560,6 +561,26 @@ class Tracking:
         with tempfile.TemporaryDirectory() as tmp:
             path = self.client.download_artifacts(run_id, name, tmp)
             return json.loads(Path(path).read_text())
+
+    def log_onnx(self, run_id: str, path: Path) -> None:
+        """Store an ONNX export (named ONNX_ARTIFACT) with the run that trained the model."""
+        if path.name != ONNX_ARTIFACT:
+            raise ValueError(f"the ONNX artifact must be named {ONNX_ARTIFACT}, got {path.name}")
+        self.client.log_artifact(run_id, str(path))
+
+    def download_onnx(self, variant: str, version: str, folder: Path) -> Path | None:
+        """The version's ONNX export, downloaded into `folder`; None for a version registered
+        before ONNX exports existed."""
+        from mlflow.exceptions import MlflowException
+
+        run_id = self.version_run_id(variant, version)
+        try:
+            names = {a.path for a in self.client.list_artifacts(run_id)}
+            if ONNX_ARTIFACT not in names:
+                return None
+            return Path(self.client.download_artifacts(run_id, ONNX_ARTIFACT, str(folder)))
+        except (MlflowException, OSError):
+            return None
 
     def temperature(self, variant: str, version: str) -> float:
         """The temperature a model version is served with (its run's ``calibration.json``);

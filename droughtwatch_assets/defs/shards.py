@@ -55,6 +55,9 @@ class ShardConfig(dg.Config):
     variant: str | None = None
     """Predictions: None scores with the serving model (the version serving_model recorded); a
     variant's name, with that variant's champion now."""
+    model_format: str = "onnx"
+    """Predictions: score the model's ONNX export with onnxruntime (no TensorFlow in the run),
+    or "keras" for the Keras model; a version with no export is scored from Keras."""
     drift_threshold: float = monitoring.DRIFT_THRESHOLD
     """Monitoring: prediction drift above which the prediction_drift check warns."""
     performance_drop: float = monitoring.PERFORMANCE_DROP
@@ -137,13 +140,20 @@ class _ShardRun:
         of its variant when serving_model was never materialized), or run config's variant's
         champion."""
         if self.config.variant is not None:
-            return inference.Champion(tracking, get_variant(self.config.variant))
+            return inference.Champion(
+                tracking, get_variant(self.config.variant), model_format=self.config.model_format
+            )
         record = self.context.instance.get_latest_materialization_event(SERVING_MODEL)
         if record is None or record.asset_materialization is None:
-            return inference.Champion(tracking, get_variant(SERVING_VARIANT))
+            return inference.Champion(
+                tracking, get_variant(SERVING_VARIANT), model_format=self.config.model_format
+            )
         metadata = record.asset_materialization.metadata
         return inference.Champion(
-            tracking, get_variant(metadata["variant"].value), str(metadata["version"].value)
+            tracking,
+            get_variant(metadata["variant"].value),
+            str(metadata["version"].value),
+            model_format=self.config.model_format,
         )
 
     def noting(self, events: Iterable) -> Iterator:

@@ -352,3 +352,51 @@ def test_every_path_ends_its_mlflow_run(settings, instance, corpus):
     experiment = client.get_experiment_by_name("droughtwatch")
     statuses = {r.info.status for r in client.search_runs([experiment.experiment_id])}
     assert "RUNNING" not in statuses
+
+
+SCORE_IN_A_FRESH_PROCESS = """
+import sys
+from droughtwatch_assets import runs
+from droughtwatch_assets.settings import Settings
+
+runs.prepare_dagster_home()
+key = "val/part-r-00000"
+runs.instance().add_dynamic_partitions("shards", [key])
+[outcome] = runs.run_batches("rescore_job", [key], settings=Settings.from_env(), parallel=1)
+assert outcome.ok, outcome
+print(outcome.metadata["batch_predictions.model_format"])
+print(sorted(m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules))
+"""
+
+
+def test_registration_exports_onnx_and_scoring_imports_no_tensorflow(settings, corpus, home):
+    """Every registered version gets model.onnx (its temperature inside, checked against Keras
+    at registration); a scoring run, in a fresh process as a run worker, loads that and never
+    imports TensorFlow or Keras."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    from droughtwatch_assets.core.portable import OnnxModel
+
+    track = tracking(settings)
+    version = track.alias_version("baseline", "champion")
+    assert version is not None  # trained by the first test of this module
+    with tempfile.TemporaryDirectory() as tmp:
+        path = track.download_onnx("baseline", version, Path(tmp))
+        assert path is not None and path.name == "model.onnx"
+        assert OnnxModel(path).temperature == pytest.approx(track.temperature("baseline", version))
+    tags = track.client.get_model_version("droughtwatch-baseline", version).tags
+    assert float(tags["onnx_max_abs_diff"]) <= 1e-4
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME",)}
+    env["DROUGHTWATCH_HOME"] = str(home)
+    out = subprocess.run(
+        [sys.executable, "-c", SCORE_IN_A_FRESH_PROCESS],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    served, imported = out.stdout.strip().splitlines()[-2:]
+    assert served == "onnx"
+    assert imported == "[]"

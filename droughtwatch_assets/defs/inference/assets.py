@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import dagster as dg
 import numpy as np
@@ -12,6 +14,7 @@ import xarray as xr
 from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.adapters.tracking import Tracking, model_name
 from droughtwatch_assets.core.calibration import apply_temperature
+from droughtwatch_assets.core.portable import OnnxModel
 from droughtwatch_assets.core.training import predict_shards
 from droughtwatch_assets.core.variants import Variant
 from droughtwatch_assets.defs import checks as shard_checks
@@ -55,8 +58,21 @@ class NoChampion(RuntimeError):
 class Champion:
     """The champion of a variant, resolved once per run and loaded on first use."""
 
-    def __init__(self, tracking: Tracking, variant: Variant, version: str | None = None):
-        """The given version of the variant's model, else its champion now."""
+    def __init__(
+        self,
+        tracking: Tracking,
+        variant: Variant,
+        version: str | None = None,
+        model_format: str = "onnx",
+    ):
+        """The given version of the variant's model, else its champion now; scored from its
+        ONNX export (onnxruntime, no TensorFlow) or, with `model_format` "keras" or for a
+        version registered before exports existed, from the Keras model."""
+        if model_format not in ("onnx", "keras"):
+            raise ValueError(f"model_format must be 'onnx' or 'keras', got {model_format!r}")
+        self.model_format = model_format
+        self.served_format: str | None = None
+        self._folder: tempfile.TemporaryDirectory | None = None
         self.variant = variant
         self.name = model_name(variant.name)
         self.version = version or tracking.alias_version(variant.name, CHAMPION)
@@ -76,12 +92,26 @@ class Champion:
     def model(self):
         if self._model is None:
             self.check()
-            self._model = self._tracking.load_model(self.variant.name, version=self.version)
+            assert self.version is not None
+            if self.model_format == "onnx":
+                self._folder = tempfile.TemporaryDirectory(prefix="droughtwatch-onnx-")
+                path = self._tracking.download_onnx(
+                    self.variant.name, self.version, Path(self._folder.name)
+                )
+                if path is not None:
+                    onnx_model = OnnxModel(path)
+                    self._model, self._temperature = onnx_model, onnx_model.temperature
+                    self.served_format = "onnx"
+            if self._model is None:
+                self._model = self._tracking.load_model(self.variant.name, version=self.version)
+                self.served_format = "keras"
         return self._model
 
     @property
     def temperature(self) -> float:
         """The version's calibration (1.0 for a model trained before calibration existed)."""
+        if self._temperature is None:
+            self.model  # an ONNX export carries its own  # noqa: B018
         if self._temperature is None:
             self.check()
             assert self.version is not None
@@ -152,6 +182,7 @@ def store_predictions(
             "model_name": champion.name,
             "model_version": champion.version,
             "temperature": champion.temperature,
+            "model_format": champion.served_format or champion.model_format,
             "predictions": len(frame),
             "predicted_label_counts": {
                 str(k): int(v) for k, v in frame["label"].value_counts().sort_index().items()

@@ -1,15 +1,19 @@
 """The registry: each training becomes a model version, promoted to champion only through the
 gate (a blocking check), with every decision recorded."""
 
+import dataclasses
 import datetime as dt
+import tempfile
+from pathlib import Path
 
 import dagster as dg
 from dagster._core.definitions.data_version import DATA_VERSION_TAG
 
 from droughtwatch_assets.adapters import metricsdb
-from droughtwatch_assets.adapters.tracking import model_name
+from droughtwatch_assets.adapters.tracking import ONNX_ARTIFACT, model_name
+from droughtwatch_assets.core.portable import OnnxModel, Parity, export_onnx, parity
 from droughtwatch_assets.core.promotion import GateDecision, promotion_gate
-from droughtwatch_assets.core.training import evaluate
+from droughtwatch_assets.core.training import evaluate, shard_features
 from droughtwatch_assets.core.variants import SERVING_VARIANT, get_variant
 from droughtwatch_assets.defs.keys import REGISTERED_MODEL, SERVING_MODEL
 from droughtwatch_assets.defs.partitions import variants
@@ -77,6 +81,12 @@ def registered_model(
     )
     tracking.set_alias(variant.name, CHALLENGER, version)
 
+    # The portable form of the challenger: ONNX, with its calibration inside, checked against
+    # the Keras model on val images. A version whose export disagrees is never promoted.
+    onnx_parity = export_and_check_onnx(
+        tracking, variant, version, trained_model, storage.lake_store(), context.log
+    )
+
     champion_metrics = None
     if champion_version is not None:
         # The champion is measured again on exactly the challenger's val shards.
@@ -92,6 +102,14 @@ def registered_model(
         tolerance=config.tolerance,
         accuracy_slack=config.accuracy_slack,
     )
+    if decision.promote and not onnx_parity.ok:
+        decision = dataclasses.replace(
+            decision,
+            promote=False,
+            reason=f"{decision.reason}; refused: the ONNX export disagrees with the Keras model "
+            f"(max |diff| {onnx_parity.max_abs_diff:.2e}, same argmax: "
+            f"{onnx_parity.same_argmax})",
+        )
     if decision.promote:
         tracking.set_alias(variant.name, CHAMPION, version)
     tracking.describe_version(
@@ -100,7 +118,10 @@ def registered_model(
         f"{variant.name}, {trained_model['epochs']} epochs on corpus "
         f"{trained_model['corpus_fingerprint']}: "
         f"{'promoted to champion' if decision.promote else 'refused'} ({decision.reason})",
-        {"gate": "promoted" if decision.promote else "refused"},
+        {
+            "gate": "promoted" if decision.promote else "refused",
+            "onnx_max_abs_diff": f"{onnx_parity.max_abs_diff:.2e}",
+        },
     )
     context.log.info(f"{name} v{version}: {decision.reason}")
     metricsdb.record_promotion(
@@ -164,6 +185,31 @@ def registered_model(
             ),
         },
     )
+
+
+def export_and_check_onnx(
+    tracking, variant, version: str, trained_model: dict, lake, log
+) -> Parity:
+    """Export the registered Keras model to ONNX (its temperature inside), compare both on up to
+    512 images of the first val shard, and store the file with the training run."""
+    keras_model = tracking.load_model(variant.name, version=version)
+    [source] = shard_sources(lake, trained_model["val_shards"][:1], variant)
+    filtered, indices = source.load()
+    x, _ = shard_features(filtered, indices, variant.features, keep_unlabelled=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = export_onnx(
+            keras_model,
+            Path(tmp) / ONNX_ARTIFACT,
+            x,
+            temperature=float(trained_model.get("temperature", 1.0)),
+        )
+        result = parity(keras_model, OnnxModel(path), x[:512].astype("float32"))
+        tracking.log_onnx(trained_model["mlflow_run_id"], path)
+    log.info(
+        f"ONNX export: max |diff| {result.max_abs_diff:.2e} on {result.images} val images, "
+        f"same argmax: {result.same_argmax}"
+    )
+    return result
 
 
 class ServingConfig(dg.Config):
