@@ -218,9 +218,8 @@ class _ShardRun:
                     frame = lake.read(self.lake, lake.BATCH_PREDICTIONS, key, pd.DataFrame)
                 if monitoring.MONITORING in todo and frame is not None:
                     assert engine is not None and self._references is not None
-                    report = lake.read(self.lake, lake.RAW_TFRECORDS, key, dict)
                     quality = quality_shares(
-                        int(report.get("records", 0)),
+                        ingest.read_report(self.lake, key).records,
                         filtered["cloudy"].values,
                         indices["evi_guarded_fraction"].values,
                     )

@@ -9,7 +9,6 @@ imports Dagster.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 
@@ -25,24 +24,10 @@ from droughtwatch_assets.pipeline.lake import (
     RAW_TFRECORDS,
     SPECTRAL_INDICES,
     object_key,
+    read,
 )
 
 REFERENCE_ARTIFACT = "reference.json"
-SUMMARY_COLUMNS = ("ndvi_mean", "ndmi_mean")
-
-
-def index_summaries(lake: Store, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """Per-image mean NDVI and NDMI of the given shards, reading only those two columns."""
-    parts: dict[str, list[np.ndarray]] = {name: [] for name in SUMMARY_COLUMNS}
-    for key in keys:
-        data = lake.read_bytes(object_key(SPECTRAL_INDICES, key))
-        ds = read_columns(data, list(SUMMARY_COLUMNS))
-        for name in SUMMARY_COLUMNS:
-            parts[name].append(ds[name].values.astype(np.float64))
-    return {
-        name: np.concatenate(values) if values else np.empty(0) for name, values in parts.items()
-    }
-
 
 def training_reference(
     lake: Store, train_keys: Sequence[str], val_confusion: Sequence[Sequence[int]]
@@ -50,12 +35,12 @@ def training_reference(
     """The reference.json of a model trained on `train_keys` with this val confusion matrix."""
     confusion = np.asarray(val_confusion, dtype=np.float64)
     predicted = confusion.sum(axis=0)
-    summaries = index_summaries(lake, train_keys)
     inputs, quality = input_reference(lake, train_keys)
     return {
         "predicted_label_distribution": (predicted / max(predicted.sum(), 1.0)).tolist(),
-        "ndvi_mean": reference_profile(summaries["ndvi_mean"]).to_dict(),
-        "ndmi_mean": reference_profile(summaries["ndmi_mean"]).to_dict(),
+        # What monitoring_metrics' ndvi_psi and ndmi_psi compare with: the same profiles.
+        "ndvi_mean": inputs["ndvi"],
+        "ndmi_mean": inputs["ndmi"],
         "inputs": inputs,
         "quality": quality,
         "train_shards": list(train_keys),
@@ -138,48 +123,35 @@ def quality_shares(records: int, cloudy: np.ndarray, evi_guarded: np.ndarray) ->
     }
 
 
-def _shard_quality(lake: Store, key: str) -> tuple[int, np.ndarray, np.ndarray]:
-    report = json.loads(lake.read_bytes(object_key(RAW_TFRECORDS, key)))
-    cloudy = read_columns(lake.read_bytes(object_key(FILTERED_IMAGES, key)), ["cloudy"])
-    guarded = read_columns(
-        lake.read_bytes(object_key(SPECTRAL_INDICES, key)), ["evi_guarded_fraction"]
-    )
-    return (
-        int(report.get("records", 0)),
-        cloudy["cloudy"].values,
-        guarded["evi_guarded_fraction"].values,
-    )
-
-
 def input_reference(lake: Store, train_keys: Sequence[str]) -> tuple[dict, dict]:
     """The training shards' input profiles (``{feature: ReferenceProfile dict}``, for the
     features every shard has) and their data-quality shares (over all their records)."""
-    columns = [f"{f}_mean" for f in INPUT_FEATURES]
+    guard = "evi_guarded_fraction"
     parts: dict[str, list[np.ndarray]] = {f: [] for f in INPUT_FEATURES}
-    records = blank = kept = cloudy = guarded = 0
+    records, cloudy, guarded = 0, [], []
     for key in train_keys:
+        # One read of the shard's indices: its input means and its EVI guard together.
         data = lake.read_bytes(object_key(SPECTRAL_INDICES, key))
         try:
-            ds = read_columns(data, columns)
+            ds = read_columns(data, [*(f"{f}_mean" for f in INPUT_FEATURES), guard])
         except KeyError:  # ingested before the band means existed: indices only
-            ds = read_columns(data, [f"{f}_mean" for f in ("ndvi", "ndmi", "evi")])
+            ds = read_columns(data, [*(f"{f}_mean" for f in ("ndvi", "ndmi", "evi")), guard])
         for feature, values in input_values(ds).items():
             parts[feature].append(values)
-        shard_records, shard_cloudy, shard_guarded = _shard_quality(lake, key)
-        records += shard_records
-        blank += shard_records - len(shard_cloudy)
-        kept += len(shard_cloudy)
-        cloudy += int(np.sum(shard_cloudy))
-        guarded += int(np.sum(np.asarray(shard_guarded) > 0))
+        guarded.append(ds[guard].values)
+        records += int(read(lake, RAW_TFRECORDS, key, dict).get("records", 0))
+        filtered = read_columns(lake.read_bytes(object_key(FILTERED_IMAGES, key)), ["cloudy"])
+        cloudy.append(filtered["cloudy"].values)
     n = len(train_keys)
     profiles = {
         f: reference_profile(np.concatenate(v)).to_dict()
         for f, v in parts.items()
         if len(v) == n and n and sum(len(a) for a in v)
     }
-    quality = {
-        "blank_share": blank / records if records else 0.0,
-        "cloudy_share": cloudy / kept if kept else 0.0,
-        "evi_guarded_share": guarded / kept if kept else 0.0,
-    }
+    # The same shares as one shard's, over all the training shards' records and images.
+    quality = quality_shares(
+        records,
+        np.concatenate(cloudy) if cloudy else np.empty(0, bool),
+        np.concatenate(guarded) if guarded else np.empty(0),
+    )
     return profiles, quality
