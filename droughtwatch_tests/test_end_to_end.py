@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ import pytest
 
 from droughtwatch_assets.runs import WORKER_TAG
 from droughtwatch_tests.conftest import REPO_ROOT, free_port
+from droughtwatch_tests.processes import graphql
 
 pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
@@ -168,26 +168,8 @@ def _graphql(
     proc: subprocess.Popen,
     ready: Callable[[dict], Any] = lambda data: True,
 ) -> dict:
-    """The webserver's answer to `query`, asked again (up to 120 s) until it answers and
-    `ready(data)` holds: a webserver still loading its code location answers with nothing."""
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"webserver exited: {proc.stderr.read()}")
-        try:
-            req = urllib.request.Request(
-                f"http://127.0.0.1:{port}/graphql",
-                data=json.dumps({"query": query, "variables": variables}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            body = json.loads(urllib.request.urlopen(req, timeout=30).read())
-            assert "errors" not in body, body
-            if ready(body["data"]):
-                return body["data"]
-        except OSError:
-            pass
-        time.sleep(1)
-    pytest.fail("the webserver did not answer as expected within 120 s")
+    """processes.graphql, for a process whose stderr is a pipe."""
+    return graphql(port, query, proc, variables=variables, ready=ready, output=proc.stderr.read)
 
 
 def _ask_webserver(
