@@ -2,7 +2,8 @@
 
 The environment is read here, once, when the code location loads (``Settings.from_env()``);
 ``build_definitions(settings)`` builds everything that depends on it (resources, the drop
-sensor's interval and batch size, training's GPU run tags) from the Settings it is given."""
+sensor's interval and batch size, training's GPU run tags, the image of ingest and
+inference runs) from the Settings it is given."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import warnings
 import dagster as dg
 
 from droughtwatch_assets.defs.alerts import build_check_alerts, run_failure_alert
-from droughtwatch_assets.defs.inference.jobs import drift_summary_job, drop_job, rescore_job
-from droughtwatch_assets.defs.ingest.jobs import ingest_job
+from droughtwatch_assets.defs.inference.jobs import build_inference_jobs
+from droughtwatch_assets.defs.ingest.jobs import build_ingest_job
 from droughtwatch_assets.defs.ingest.sensors import build_drop_sensor
 from droughtwatch_assets.defs.monitoring.assets import drift_by_drop_date
 from droughtwatch_assets.defs.registry.assets import registered_model, serving_model
@@ -63,7 +64,13 @@ def build_definitions(settings: Settings | None = None) -> dg.Definitions:
     checks = sorted({key for a in assets for key in a.check_keys}, key=str)
     return dg.Definitions(
         assets=assets,
-        jobs=[ingest_job, training_job, drop_job, rescore_job, drift_summary_job],
+        # Ingest and inference runs never import TensorFlow: with DROUGHTWATCH_WORKER_IMAGE they
+        # ask the run launcher for that (smaller) image; training keeps the location's own.
+        jobs=[
+            build_ingest_job(settings.worker_image),
+            training_job,
+            *build_inference_jobs(settings.worker_image),
+        ],
         sensors=[
             build_drop_sensor(settings),
             retrain_on_new_labels,

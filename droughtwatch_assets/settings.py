@@ -33,6 +33,7 @@ ENV = {
     "sqs_queue_url": "DROUGHTWATCH_SQS_QUEUE_URL",
     "training_gpus": "DROUGHTWATCH_TRAINING_GPUS",
     "ecs_gpu_capacity_provider": "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER",
+    "worker_image": "DROUGHTWATCH_WORKER_IMAGE",
     "shards_per_run": "DROUGHTWATCH_SHARDS_PER_RUN",
     "metrics_db_url": "DROUGHTWATCH_METRICS_DB_URL",
     "mlflow_tracking_uri": "MLFLOW_TRACKING_URI",
@@ -57,6 +58,9 @@ class Settings:
     sqs_queue_url: str | None = None  # S3 event notifications: the sensor reads them, no listing
     training_gpus: int = 0  # GPUs each training run asks its run launcher for (ECS, Kubernetes)
     ecs_gpu_capacity_provider: str = "droughtwatch-gpu"  # where ECS places GPU training runs
+    # The image ingest and inference runs ask the run launcher for (Kubernetes, ECS): one built
+    # with TF=none. None: every run gets the code location's image.
+    worker_image: str | None = None
     shards_per_run: int = DEFAULT_SHARDS_PER_RUN  # the most shards one ingest/drop/rescore run
     metrics_db_url: str | None = None  # None: SQLite at $DROUGHTWATCH_HOME/metrics.db
     mlflow_tracking_uri: str | None = None  # None: SQLite under $DROUGHTWATCH_HOME/mlflow
@@ -90,6 +94,7 @@ class Settings:
             training_gpus=int(env.get(ENV["training_gpus"]) or 0),
             ecs_gpu_capacity_provider=env.get(ENV["ecs_gpu_capacity_provider"])
             or "droughtwatch-gpu",
+            worker_image=env.get(ENV["worker_image"]) or None,
             shards_per_run=_positive(env, ENV["shards_per_run"], DEFAULT_SHARDS_PER_RUN),
             metrics_db_url=env.get(ENV["metrics_db_url"]) or None,
             mlflow_tracking_uri=env.get(ENV["mlflow_tracking_uri"]) or None,

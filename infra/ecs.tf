@@ -78,6 +78,9 @@ locals {
         # Training runs ask for GPUs on the GPU capacity provider (defs/run_tags.py).
         DROUGHTWATCH_TRAINING_GPUS             = tostring(var.training_gpus)
         DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER = var.gpu_capacity_provider_name
+        # Ingest and inference runs in the image built without TensorFlow, when there is one
+        # (defs/launchers.py reads the run tag this sets); empty: every run uses local.image.
+        DROUGHTWATCH_WORKER_IMAGE = var.worker_image_tag == "" ? "" : "${aws_ecr_repository.main.repository_url}:${var.worker_image_tag}"
         }, var.enable_s3_event_queue ? {
         DROUGHTWATCH_SQS_QUEUE_URL = aws_sqs_queue.drops[0].url
       } : {})

@@ -163,6 +163,12 @@ variable "image_tag" {
   type        = string
 }
 
+variable "worker_image_tag" {
+  description = "Tag, in the same ECR repository, of the image built with --build-arg TF=none (no TensorFlow): ingest and inference runs start in it (DROUGHTWATCH_WORKER_IMAGE). Empty: they use image_tag like every run."
+  type        = string
+  default     = ""
+}
+
 variable "task_sizes" {
   description = "Fargate CPU units and memory (MiB) of each long-running service. Run sizes are in ecs/dagster.yaml (run_resources)."
   type = map(object({

@@ -25,6 +25,31 @@ _NOISE = re.compile(
     rb")\r?\n?$"
 )
 _LOCK = threading.Lock()
+# What an environment without the cpu or gpu extra lacks (an image built with TF=none).
+_TENSORFLOW_SIDE = {"tensorflow", "keras", "tf2onnx", "onnx"}
+
+
+class FrameworkMissing(ModuleNotFoundError):
+    """TensorFlow (or the ONNX exporter) is not installed here: training, registration and
+    Keras scoring need it; ingest and ONNX scoring do not."""
+
+
+def require(name: str) -> ModuleType:
+    """``import name``, or, where the TensorFlow side is not installed, a FrameworkMissing that
+    says what needs it and how to get it."""
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in _TENSORFLOW_SIDE:
+            raise
+        raise FrameworkMissing(
+            f"{exc.name} is not installed in this environment, and this step needs it "
+            "(training, registering a model, or scoring with model_format 'keras'). An image "
+            "built with --build-arg TF=none, or an environment without the cpu or gpu extra, "
+            "ingests and scores ONNX exports only: run this step where TensorFlow is "
+            "(docker build --build-arg TF=cpu, or `make install`).",
+            name=exc.name,
+        ) from None  # the message says it all; a cause would be what reports show instead
 
 
 def noise(line: bytes) -> bool:
@@ -39,13 +64,13 @@ def quiet_import(name: str) -> ModuleType:
         return sys.modules[name]
     with _LOCK:
         if "tensorflow" in sys.modules:
-            return importlib.import_module(name)
+            return require(name)
         sys.stderr.flush()
         saved = os.dup(2)
         with tempfile.TemporaryFile() as captured:
             os.dup2(captured.fileno(), 2)
             try:
-                return importlib.import_module(name)
+                return require(name)
             finally:
                 sys.stderr.flush()
                 os.dup2(saved, 2)

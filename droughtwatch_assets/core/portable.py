@@ -33,9 +33,9 @@ def export_onnx(
     """Write `model` (Keras) to `path` as ONNX, with `temperature` in its metadata. `example`
     (a few inputs) is passed through the model first: a model loaded from MLflow has not been
     called yet, and Keras exports only a called model."""
-    import onnx
+    from droughtwatch_assets.core.frameworks import filtered_stderr, require
 
-    from droughtwatch_assets.core.frameworks import filtered_stderr
+    onnx = require("onnx")
 
     path = Path(path)
     model(np.asarray(example[:1], dtype=np.float32), training=False)

@@ -88,6 +88,22 @@ def test_build_definitions_takes_everything_from_the_settings_it_is_given(tmp_pa
     assert defs.resources["metrics_db"].url == "sqlite:///elsewhere.db"
     assert defs.resources["storage"].data_root == str(tmp_path / "data")
 
+    for name in ("ingest_job", "drop_job", "rescore_job", "drift_summary_job", "training_job"):
+        assert "droughtwatch/image" not in defs.resolve_job_def(name).tags, name
+
+    worker = "registry.example/droughtwatch:worker"
+    defs = build_definitions(
+        Settings.from_env({"DROUGHTWATCH_HOME": str(tmp_path), "DROUGHTWATCH_WORKER_IMAGE": worker})
+    )
+    for name in ("ingest_job", "drop_job", "rescore_job", "drift_summary_job"):
+        tags = defs.resolve_job_def(name).tags
+        assert tags["droughtwatch/image"] == worker, name
+        assert json.loads(tags["dagster-k8s/config"]) == {"container_config": {"image": worker}}
+    assert "droughtwatch/image" not in defs.resolve_job_def("training_job").tags
+    # The drop sensor targets the very jobs the location defines (no second drop_job).
+    sensor_jobs = {t.job_name for t in defs.get_sensor_def("drop_sensor").targets}
+    assert sensor_jobs == {"ingest_job", "drop_job"}
+
     defs = build_definitions(from_env)
     assert defs.get_sensor_def("drop_sensor").minimum_interval_seconds == 30
     assert "dagster-k8s/config" not in defs.resolve_job_def("training_job").tags

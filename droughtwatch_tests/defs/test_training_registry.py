@@ -354,31 +354,40 @@ def test_every_path_ends_its_mlflow_run(settings, instance, corpus):
     assert "RUNNING" not in statuses
 
 
-SCORE_IN_A_FRESH_PROCESS = """
+SCORE_WITHOUT_TENSORFLOW = """
 import sys
 from droughtwatch_assets import runs
 from droughtwatch_assets.settings import Settings
 
 runs.prepare_dagster_home()
-key = "val/part-r-00000"
-runs.instance().add_dynamic_partitions("shards", [key])
-[outcome] = runs.run_batches("rescore_job", [key], settings=Settings.from_env(), parallel=1)
-assert outcome.ok, outcome
-print(outcome.metadata["batch_predictions.model_format"])
-print(sorted(m for m in ("tensorflow", "keras", "tf2onnx") if m in sys.modules))
+settings = Settings.from_env()
+drop, val = "drops/2026-12-01/part-r-00000", "val/part-r-00000"
+runs.instance().add_dynamic_partitions("shards", [drop, val])
+for job, key in (("drop_job", drop), ("rescore_job", val)):
+    [outcome] = runs.run_batches(job, [key], settings=settings, parallel=1)
+    assert outcome.ok, outcome
+    print(job, outcome.metadata["batch_predictions.model_format"])
+print(sorted(m for m in ("tensorflow", "keras", "tf2onnx", "onnx") if m in sys.modules))
+[outcome] = runs.run_batches(
+    "rescore_job", [val], settings=settings, parallel=1,
+    run_config={"ops": {"process_shards": {"config": {"model_format": "keras"}}}},
+)
+print("keras scoring:", outcome.ok, outcome.error.replace("\\n", " "))
 """
 
 
-def test_registration_exports_onnx_and_scoring_imports_no_tensorflow(settings, corpus, home):
+def test_registration_exports_onnx_and_scoring_needs_no_tensorflow(settings, corpus, home):
     """Every registered version gets model.onnx (its temperature inside, checked against Keras
-    at registration); a scoring run, in a fresh process as a run worker, loads that and never
-    imports TensorFlow or Keras."""
+    at registration). A drop run and a rescore run, in a fresh process as run workers of an image
+    built with TF=none (every module only the cpu extra brings fails to import, as it would
+    there), ingest and score from that export; scoring with Keras there fails, saying why."""
     import os
     import subprocess
     import sys
     import tempfile
 
     from droughtwatch_assets.core.portable import OnnxModel
+    from droughtwatch_tests.worker_image import blocked_modules, blocker, tensorflow_side
 
     track = tracking(settings)
     version = track.alias_version("baseline", "champion")
@@ -390,13 +399,19 @@ def test_registration_exports_onnx_and_scoring_imports_no_tensorflow(settings, c
     tags = track.client.get_model_version("droughtwatch-baseline", version).tags
     assert float(tags["onnx_max_abs_diff"]) <= 1e-4
 
+    store = open_store(settings.data_root)
+    store.write_bytes("drops/2026-12-01/part-r-00000", store.read_bytes("val/part-r-00000"))
+    blocked = blocked_modules(tensorflow_side())
+    assert {"tensorflow", "keras", "onnx", "tf2onnx"} <= set(blocked)
     env = {k: v for k, v in os.environ.items() if k not in ("DAGSTER_HOME",)}
     env["DROUGHTWATCH_HOME"] = str(home)
     out = subprocess.run(
-        [sys.executable, "-c", SCORE_IN_A_FRESH_PROCESS],
+        [sys.executable, "-c", blocker(blocked) + SCORE_WITHOUT_TENSORFLOW],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr[-3000:]
-    served, imported = out.stdout.strip().splitlines()[-2:]
-    assert served == "onnx"
-    assert imported == "[]"
+    lines = out.stdout.strip().splitlines()[-4:]
+    assert lines[:3] == ["drop_job onnx", "rescore_job onnx", "[]"], out.stdout[-2000:]
+    assert lines[3].startswith("keras scoring: False"), lines[3]
+    assert "is not installed in this environment" in lines[3]
+    assert "--build-arg TF=cpu" in lines[3]

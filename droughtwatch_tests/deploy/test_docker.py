@@ -72,6 +72,7 @@ NOT_FOR_DOCKER = {
     "DROUGHTWATCH_SHARDS_PER_RUN": "optional; the default (250 shards per run) suits the stack",
     "DAGSTER_EVENT_BATCH_SIZE": "set in-process by the embedded SQLite event log only",
     "MLFLOW_REGISTRY_URI": "unset means the tracking URI, which is what the stack wants",
+    "DROUGHTWATCH_WORKER_IMAGE": "Docker's run launcher has no per-run image (defs/run_tags.py)",
 }
 # Only the webserver and daemon load workspace.yaml.
 WORKSPACE_SETTINGS = {"DAGSTER_CODE_SERVER_HOST", "DAGSTER_CODE_SERVER_PORT"}
@@ -163,6 +164,56 @@ def test_static_hadolint_passes_on_every_dockerfile():
             [str(HADOLINT), "--no-color", str(path)], capture_output=True, text=True, timeout=60
         )
         assert result.returncode == 0, f"hadolint {path.relative_to(REPO)}:\n{result.stdout}"
+
+
+def _builder_runs() -> list[str]:
+    """The builder stage's RUN commands, continuation lines joined."""
+    text = DOCKERFILE.read_text().split("AS builder", 1)[1].split("\nFROM ", 1)[0]
+    return [m.replace("\\\n", " ") for m in re.findall(r"^RUN (.*?[^\\])$", text, re.M | re.S)]
+
+
+@pytest.mark.parametrize(
+    ("tf", "extras"),
+    [("cpu", "--extra deploy --extra cpu"), ("gpu", "--extra deploy --extra gpu"),
+     ("none", "--extra deploy"), ("cuda", None)],
+)  # fmt: skip
+def test_static_each_tf_build_argument_installs_its_extras(tf: str, extras: str | None):
+    """The builder's RUN lines, run by /bin/sh with TF set as `--build-arg TF=...` sets it and
+    a stand-in `uv` that prints its arguments: cpu and gpu install their extra, none neither
+    (the worker image), anything else stops the build with a message."""
+    runs = _builder_runs()
+    assert sum("uv sync" in r for r in runs) == 2, runs
+    script = 'set -e\nuv() { echo "uv $*"; }\n' + "\n".join(runs)
+    out = subprocess.run(
+        ["sh", "-c", script], env={"TF": tf, "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    if extras is None:
+        assert out.returncode != 0 and "TF must be cpu, gpu or none, not 'cuda'" in out.stderr
+        return
+    assert out.returncode == 0, out.stderr
+    syncs = [line for line in out.stdout.splitlines() if line.startswith("uv sync")]
+    assert syncs == [
+        f"uv sync --frozen --no-dev --no-install-project {extras}",  # dependencies, from the lock
+        f"uv sync --frozen --no-dev --no-editable {extras}",  # then the project
+    ]
+
+
+def test_static_worker_image_lacks_only_the_tensorflow_side():
+    """What TF=none leaves out, resolved from uv.lock as the build does: TensorFlow, Keras and
+    the ONNX exporter with their own dependencies, and nothing scoring, ingest or Dagster need."""
+    from droughtwatch_tests.worker_image import _closure, tensorflow_side
+
+    left_out = tensorflow_side("cpu")
+    assert {"tensorflow-cpu", "keras", "onnx", "tf2onnx", "h5py", "ml-dtypes"} <= left_out
+    import tomllib
+
+    slim = _closure(tomllib.loads((REPO / "uv.lock").read_text()), ("deploy",))
+    for needed in ("dagster", "dagster-aws", "dagster-k8s", "mlflow", "onnxruntime", "numpy",
+                   "pyarrow", "xarray", "boto3", "psycopg2-binary"):  # fmt: skip
+        assert needed in slim, needed
+    assert not ({"tensorflow", "tensorflow-cpu", "keras", "onnx", "tf2onnx"} & slim)
+    assert tensorflow_side("gpu") >= {"tensorflow", "keras", "onnx", "tf2onnx"}
 
 
 def test_static_dockerfile_copies_every_instance_file_and_the_workspace():

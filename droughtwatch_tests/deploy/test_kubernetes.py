@@ -387,6 +387,27 @@ def test_other_runs_get_the_default_resources_and_no_gpu(k8s_run_launcher, tmp_p
         assert not any(t.key == GPU for t in pod.tolerations or []), f"{kind} on a GPU node"
 
 
+def test_worker_image_routes_ingest_and_inference_pods_not_training(k8s_run_launcher, tmp_path):
+    """With DROUGHTWATCH_WORKER_IMAGE (an image built with TF=none), ingest and inference run
+    pods start in it; training pods keep the code location's image, with their GPU."""
+    launcher = _run_launcher_no_cluster(k8s_run_launcher, tmp_path)
+    worker = "registry.example/droughtwatch:worker"
+    for kind in ("ingest", "inference"):
+        (container,) = _run_job(
+            launcher, run_tags(kind, image=worker)
+        ).spec.template.spec.containers
+        assert container.image == worker, kind
+        assert container.resources.requests == {"cpu": "1", "memory": "4Gi"}, "defaults apply"
+    job = _run_job(launcher, run_tags("training", gpus=1))
+    (container,) = job.spec.template.spec.containers
+    assert container.image == "registry.example/droughtwatch:test"
+    assert container.resources.limits.get(GPU) == "1"
+    (container,) = _run_job(launcher, run_tags("inference")).spec.template.spec.containers
+    assert container.image == "registry.example/droughtwatch:test", (
+        "no worker image: the location's"
+    )
+
+
 # -- MLflow and the README --------------------------------------------------------------------
 
 

@@ -226,6 +226,51 @@ def test_ecs_instance_loads_through_the_launcher_and_log_manager_schemas(monkeyp
         assert isinstance(cls.from_config_value(None, result.value), cls)
 
 
+def test_ecs_launcher_starts_tagged_runs_in_the_worker_image(monkeypatch):
+    """The instance's launcher (ours: Dagster's EcsRunLauncher plus its image hook) gives a run
+    tagged by the worker-image setting that image, and any other run the code location's. No
+    AWS here: the launcher is built from the instance file (boto3 clients only, never called)."""
+    import types
+
+    import dagster as dg
+    from dagster._config import process_config, resolve_to_config_type
+    from dagster._core.code_pointer import ModuleCodePointer
+    from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+
+    from droughtwatch_assets.defs.run_tags import run_tags
+
+    instance = yaml.safe_load(ECS_INSTANCE.read_text())
+    for name in env_refs(instance):
+        monkeypatch.setenv(name, f"value-of-{name.lower()}")
+    monkeypatch.setenv("DROUGHTWATCH_ECS_RUN_FAMILY_PREFIX", "droughtwatch")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    spec = instance["run_launcher"]
+    assert spec["module"] == "droughtwatch_assets.defs.launchers"
+    cls = getattr(importlib.import_module(spec["module"]), spec["class"])
+    result = process_config(resolve_to_config_type(cls.config_type()), spec["config"])
+    launcher = cls.from_config_value(None, result.value)
+
+    location_image = "123.dkr.ecr.eu-west-1.amazonaws.com/droughtwatch:v1"
+    worker = "123.dkr.ecr.eu-west-1.amazonaws.com/droughtwatch:v1-worker"
+    origin = JobPythonOrigin(  # what a run launched from the code server carries
+        "drop_job",
+        RepositoryPythonOrigin(
+            executable_path="/opt/droughtwatch/.venv/bin/python",
+            code_pointer=ModuleCodePointer("droughtwatch_assets.definitions", "defs", None),
+            container_image=location_image,
+        ),
+    )
+
+    def image(tags: dict[str, str]) -> str | None:
+        run = dg.DagsterRun(job_name="drop_job", tags=tags, job_code_origin=origin)
+        return launcher.get_image_for_run(types.SimpleNamespace(dagster_run=run))
+
+    assert image(run_tags("inference", image=worker)) == worker
+    assert image(run_tags("ingest", image=worker)) == worker
+    assert image(run_tags("inference")) == location_image
+    assert image(run_tags("training", gpus=1)) == location_image
+
+
 # --- environment of the task definitions ---------------------------------------------------------
 
 # What droughtwatch's code reads (settings.py, tracking.py, metricsdb.py, workspace.yaml, the
@@ -250,6 +295,7 @@ CODE_SERVER_ALSO = {
     "DROUGHTWATCH_ECS_GPU_CAPACITY_PROVIDER",
     "DROUGHTWATCH_SQS_QUEUE_URL",
     "DAGSTER_CURRENT_IMAGE",
+    "DROUGHTWATCH_WORKER_IMAGE",
 }
 WORKSPACE = {"DAGSTER_CODE_SERVER_HOST", "DAGSTER_CODE_SERVER_PORT"}
 SECRET_NAMES = {"DAGSTER_PG_URL", "DROUGHTWATCH_METRICS_DB_URL", "MLFLOW_BACKEND_STORE_URI"}

@@ -6,8 +6,8 @@ import dagster as dg
 
 from droughtwatch_assets.adapters.notifications import QueueCursor, acknowledge, poll, sqs_client
 from droughtwatch_assets.adapters.storage import ObjectInfo, S3Store, Store
-from droughtwatch_assets.defs.inference.jobs import drop_job
-from droughtwatch_assets.defs.ingest.jobs import ingest_job
+from droughtwatch_assets.defs.inference.jobs import DROP_JOB, build_inference_jobs
+from droughtwatch_assets.defs.ingest.jobs import INGEST_JOB, build_ingest_job
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import StorageResource
 from droughtwatch_assets.pipeline import batching
@@ -37,8 +37,8 @@ def batch_requests(
     Run keys name the batch's shards and versions, so a replayed tick asks for the same runs."""
     by_key = {f.key: f for f in found}
     requests = []
-    for job in (drop_job, ingest_job):
-        keys = [k for k in by_key if k.startswith(DROPS_PREFIX) == (job is drop_job)]
+    for job_name in (DROP_JOB, INGEST_JOB):
+        keys = [k for k in by_key if k.startswith(DROPS_PREFIX) == (job_name == DROP_JOB)]
         for batch in batching.contiguous_batches(
             keys, order, max_per_run=max_per_run, parallel=parallel
         ):
@@ -51,14 +51,14 @@ def batch_requests(
             run_key = (
                 shards_[0].run_key
                 if len(batch) == 1
-                else batching.batch_id(job.name, [s.run_key for s in shards_])
+                else batching.batch_id(job_name, [s.run_key for s in shards_])
             )
             requests.append(
                 dg.RunRequest(
                     run_key=run_key,
                     partition_key=batch[0] if len(batch) == 1 else None,
                     tags=tags if len(batch) == 1 else {**tags, **partition_tags(batch)},
-                    job_name=job.name,
+                    job_name=job_name,
                 )
             )
     return requests
@@ -69,7 +69,10 @@ def build_drop_sensor(settings: Settings) -> dg.SensorDefinition:
     it on average) and batching up to DROUGHTWATCH_SHARDS_PER_RUN shards per run."""
 
     @dg.sensor(
-        jobs=[ingest_job, drop_job],
+        jobs=[
+            build_ingest_job(settings.worker_image),
+            build_inference_jobs(settings.worker_image)[0],
+        ],
         minimum_interval_seconds=settings.sensor_interval_s,
         default_status=dg.DefaultSensorStatus.RUNNING,
         description="Finds new or rewritten shards in the data root, by listing it "

@@ -151,11 +151,7 @@ def monitor_one(
                 "model_name": name,
                 "model_version": version,
                 "moved_input": row["moved_input"] or "none",
-                **{
-                    f"psi_{r['feature']}": r["psi"]
-                    for r in inputs
-                    if r["psi"] is not None
-                },
+                **{f"psi_{r['feature']}": r["psi"] for r in inputs if r["psi"] is not None},
                 **({"val_accuracy": val_accuracy} if val_accuracy is not None else {}),
                 **({"val_macro_f1": val_macro_f1} if val_macro_f1 is not None else {}),
             },
