@@ -15,27 +15,68 @@ import pytest
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SAMPLE_SHARD_ENV = "DROUGHTWATCH_SAMPLE_SHARD"
 DEFAULT_SAMPLE_SHARD = REPO_ROOT.parent / "shared" / "data" / "droughtwatch-sample" / "part-r-00012"
+CI_ENV = "CI"
+
+
+def in_ci() -> bool:
+    """Whether this is a CI run: CI=true (any case) or CI=1."""
+    return os.environ.get(CI_ENV, "").strip().lower() in ("true", "1")
+
+
+def _ci_fails_it() -> str:
+    return f"with {CI_ENV}={os.environ.get(CI_ENV)} a missing shard fails the run"
+
+
+def _sample_shard_candidate() -> Path:
+    """Where the sample shard should be: DROUGHTWATCH_SAMPLE_SHARD, else beside the repository."""
+    return Path(os.environ.get(SAMPLE_SHARD_ENV) or DEFAULT_SAMPLE_SHARD)
 
 
 def _sample_shard_path() -> Path | None:
-    candidate = Path(os.environ.get(SAMPLE_SHARD_ENV, DEFAULT_SAMPLE_SHARD))
+    candidate = _sample_shard_candidate()
     return candidate if candidate.is_file() else None
+
+
+def missing_sample_shard_message(path: Path) -> str:
+    """What a run without the sample shard says, in CI and locally alike."""
+    return f"real sample shard not found at {path} (set {SAMPLE_SHARD_ENV} to its path)"
+
+
+def require_sample_shard() -> Path:
+    """The sample shard's path. Without it a test fails in CI and is skipped elsewhere, with a
+    message that says where it was looked for: every test that needs it comes through here."""
+    path = _sample_shard_path()
+    if path is not None:
+        return path
+    message = missing_sample_shard_message(_sample_shard_candidate())
+    if in_ci():
+        pytest.fail(f"{message}; {_ci_fails_it()}", pytrace=False)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
 def sample_shard_path() -> Path:
     """The real Drought Watch shard (81 records) that sits beside the repository.
 
-    Set DROUGHTWATCH_SAMPLE_SHARD to use another copy. Tests that need it are skipped, with a
-    message that says where it was looked for, when it is absent.
+    Set DROUGHTWATCH_SAMPLE_SHARD to use another copy. When it is absent, tests that need it
+    fail in CI (CI=true or CI=1) and are skipped elsewhere, with a message that says where it
+    was looked for.
     """
-    path = _sample_shard_path()
-    if path is None:
-        pytest.skip(
-            f"real sample shard not found at {DEFAULT_SAMPLE_SHARD} "
-            f"(set {SAMPLE_SHARD_ENV} to its path)"
+    return require_sample_shard()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """In CI, a missing sample shard stops the run once, before any test, when a selected test
+    needs it (a test that asks for it later still fails in require_sample_shard)."""
+    if session.config.option.collectonly or not in_ci() or _sample_shard_path() is not None:
+        return
+    needing = [i for i in session.items if "sample_shard_path" in getattr(i, "fixturenames", ())]
+    if needing:
+        message = missing_sample_shard_message(_sample_shard_candidate())
+        pytest.exit(
+            f"{message}; {_ci_fails_it()} (tests that need it: {len(needing)})",
+            returncode=pytest.ExitCode.TESTS_FAILED,
         )
-    return path
 
 
 def free_port() -> int:

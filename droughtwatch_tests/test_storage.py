@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import pickle
 import socket
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import boto3
+import botocore.endpoint
 import pytest
 from botocore.config import Config
 
@@ -409,7 +410,9 @@ def test_s3_missing_key_is_object_not_found(store: Store) -> None:
         store.read_bytes("missing/key")
 
 
-def test_s3_unreachable_endpoint_is_a_storage_error(tmp_path: Path) -> None:
+def test_s3_unreachable_endpoint_is_a_storage_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The store gives up after the client's own retries and adds none of its own: attempts are
+    counted, and botocore's backoff between them is recorded instead of slept."""
     endpoint = f"http://127.0.0.1:{free_port()}"
     client = boto3.client(
         "s3",
@@ -419,13 +422,25 @@ def test_s3_unreachable_endpoint_is_a_storage_error(tmp_path: Path) -> None:
         region_name="us-east-1",
         config=Config(retries={"max_attempts": 2, "mode": "standard"}, connect_timeout=1),
     )
+    attempts: list[str] = []
+
+    def count(event_name: str, **_) -> None:  # None: the request is still sent
+        attempts.append(event_name)
+
+    client.meta.events.register("before-send.s3", count)
+    backoffs: list[float] = []
+    # botocore sleeps between attempts with `time.sleep` in botocore.endpoint, nowhere else.
+    monkeypatch.setattr(botocore.endpoint, "time", SimpleNamespace(sleep=backoffs.append))
     store = S3Store("bucket", "data", client=client)
-    started = time.monotonic()
     with pytest.raises(StorageError, match=r"s3://bucket/data/k.*unreachable.*127\.0\.0\.1"):
         store.read_bytes("k")
+    # max_attempts=2 in standard mode: 3 attempts in all, 2 backoffs between them.
+    assert attempts == ["before-send.s3.GetObject"] * 3 and len(backoffs) == 2
+    attempts.clear()
+    backoffs.clear()
     with pytest.raises(StorageError, match=r"listing s3://bucket/data: S3 endpoint unreachable"):
         list(store.list())
-    assert time.monotonic() - started < 3
+    assert attempts == ["before-send.s3.ListObjectsV2"] * 3 and len(backoffs) == 2
 
 
 def test_s3_store_pickles_without_its_client(moto_endpoint: str, s3_bucket: str) -> None:

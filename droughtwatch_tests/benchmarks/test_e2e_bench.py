@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -24,15 +26,31 @@ def test_real_shaped_shards_hold_the_samples_records_rotated(sample_shard_path):
     assert e2e.real_shaped_shard(frames, 81) == e2e.real_shaped_shard(frames, 0)
 
 
-def test_run_timed_reports_wall_time_and_the_trees_memory():
+def clock(monkeypatch: pytest.MonkeyPatch, *readings: float) -> None:
+    """run_timed's clock: the readings in turn, then the last one for ever (sleeps are real)."""
+    left = list(readings)
+    fake = SimpleNamespace(
+        perf_counter=lambda: left.pop(0) if len(left) > 1 else left[0], sleep=time.sleep
+    )
+    monkeypatch.setattr(e2e, "time", fake)
+
+
+def test_run_timed_reports_wall_time_and_the_trees_memory(monkeypatch):
+    clock(monkeypatch, 10.0, 13.5)  # started at 10.0; every later reading 13.5
     timed = e2e.run_timed(
         [sys.executable, "-c", "import time; b = bytearray(60 << 20); time.sleep(1); print('ok')"],
         env={},
         timeout=60,
     )
     assert timed.output.strip() == "ok"
-    assert 1.0 <= timed.seconds < 30
+    assert timed.seconds == 3.5  # the clock's reading at exit less its reading at start
     assert timed.peak_mib >= 60  # the 60 MiB the child touched
+
+
+def test_run_timed_kills_a_command_past_its_timeout(monkeypatch):
+    clock(monkeypatch, 0.0, 61.0)  # the first look after the start is past the timeout
+    with pytest.raises(e2e.BenchmarkError, match="took over 60 s"):
+        e2e.run_timed([sys.executable, "-c", "import time; time.sleep(600)"], env={}, timeout=60)
 
 
 def test_run_timed_turns_a_failing_command_into_a_clear_error():
