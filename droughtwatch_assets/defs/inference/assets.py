@@ -150,10 +150,11 @@ def store_predictions(
     """Check one shard's predictions and, when both blocking checks pass, write its Parquet file;
     the frame (None when it was not written) and the shard's events."""
     assert champion.version is not None
-    frame = predictions_frame(filtered["id"].values, probabilities, champion.name, champion.version)
     sums = probabilities.sum(axis=1) if len(probabilities) else np.empty(0)
     bad_sums = int(np.count_nonzero(~(np.abs(sums - 1.0) <= PROBABILITY_TOLERANCE)))
     kept = int(filtered.sizes["image"])
+    # Both checks see the probabilities as they came: a frame of the kept images' ids cannot
+    # even be built from a wrong number of rows.
     results = [
         shard_checks.evaluation(
             lake.BATCH_PREDICTIONS,
@@ -167,13 +168,14 @@ def store_predictions(
             lake.BATCH_PREDICTIONS,
             "one_row_per_kept_image",
             key,
-            passed=len(frame) == kept,
+            passed=len(probabilities) == kept,
             blocking=True,
-            metadata={"predictions": len(frame), "kept_images": kept},
+            metadata={"predictions": len(probabilities), "kept_images": kept},
         ),
     ]
     if not shard_checks.blocking_passed(results):
         return None, results  # failing its checks, nothing is written
+    frame = predictions_frame(filtered["id"].values, probabilities, champion.name, champion.version)
     url, size = lake.write(lake_store, lake.BATCH_PREDICTIONS, key, frame)
     materialization = dg.AssetMaterialization(
         asset_key=PREDICTIONS,
