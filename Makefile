@@ -92,7 +92,7 @@ bench: install  ## ingest benchmark against the earlier approach; writes docs/be
 bench-training: install  ## input pipeline, earlier approach, memory; docs/benchmarks-training.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.training
 
-bench-inference: install  ## predictions/s and drop-to-metrics latency; docs/benchmarks-inference.md
+bench-inference: install  ## ONNX vs Keras scoring, cold start, drop-to-metrics latency; docs/benchmarks-inference.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.inference
 
 bench-monitoring: install  ## estimated vs true accuracy on shifted drops; docs/benchmarks-monitoring.md

@@ -329,10 +329,16 @@ def cmd_models(args: argparse.Namespace, settings: Settings) -> int:
 # score, rescore and emulate-drops
 
 
-def score_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOutcome]:
-    """Run rescore_job (batch_predictions + monitoring_metrics) over the shards, many per run."""
+def score_shards(
+    settings: Settings, keys: Sequence[str], *, model_format: str = "onnx"
+) -> list[ShardOutcome]:
+    """Run rescore_job (batch_predictions + monitoring_metrics) over the shards, many per run,
+    scoring the model's ONNX export (or, with `model_format` "keras", the Keras model)."""
+    config = {"ops": {"process_shards": {"config": {"model_format": model_format}}}}
     with _progress(len(keys), "score") as bar:
-        outcomes = runs.run_batches("rescore_job", keys, settings=settings, progress=bar)
+        outcomes = runs.run_batches(
+            "rescore_job", keys, settings=settings, progress=bar, run_config=config
+        )
     runs.execute(runs.create_run("drift_summary_job", []))  # drift_by_drop_date, refreshed
     return outcomes
 
@@ -378,7 +384,7 @@ def cmd_score(args: argparse.Namespace, settings: Settings) -> int:
     if not keys:
         print(f"nothing to score under {args.prefix!r} (use --again to re-score)")
         return 0
-    outcomes = score_shards(settings, keys)
+    outcomes = score_shards(settings, keys, model_format=args.model_format)
     print_scores(outcomes)
     return 1 if any(not o.ok for o in outcomes) else 0
 
@@ -519,6 +525,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="drops/", help="shards under this prefix (default drops/)")
     p.add_argument(
         "--again", action="store_true", help="re-score shards that already have predictions"
+    )
+    p.add_argument(
+        "--model-format",
+        choices=("onnx", "keras"),
+        default="onnx",
+        help="score the champion's ONNX export with onnxruntime (default; no TensorFlow) or "
+        "its Keras model",
     )
     p.set_defaults(func=cmd_score)
 

@@ -1,5 +1,7 @@
-"""The inference benchmark: predictions/s of the `baseline` champion on the sample corpus, and the
-latency from a drop's upload to its monitoring row with `dagster dev` and the drop sensor running.
+"""The inference benchmark: the `baseline` champion scored from its ONNX export (onnxruntime) and
+from its Keras model, compared in one run (predictions/s, model load, a fresh process's start to
+its first prediction, `droughtwatch score` end to end), and the latency from a drop's upload to
+its monitoring row with `dagster dev` and the drop sensor running.
 
 Run `python -m droughtwatch_tests.benchmarks.inference --help`; a full run rewrites
 docs/benchmarks-inference.md.
@@ -78,7 +80,8 @@ class BenchSettings:
     records_per_drop: int = 250
     epochs: int = 2
     repeats: int = 3  # timed passes of predict_shard over every shard
-    rescore_repeats: int = 2  # in-process rescore_job runs per shard
+    cold_repeats: int = 3  # fresh scoring processes per backend
+    cli_repeats: int = 2  # `droughtwatch score` over every shard, per backend
     latency_drops: int = 3  # 0: no latency phase
     sensor_interval: int = 5
     latency_timeout: float = 180.0
@@ -197,14 +200,37 @@ def ingested_keys(
     )
 
 
+BACKENDS = ("onnx", "keras")  # onnx is what scoring runs by default
+
+
+def load_backend(tracking: Any, version: str, backend: str, folder: Path) -> Any:
+    """The champion as `batch_predictions` loads it: the ONNX export in onnxruntime, or the Keras
+    model through MLflow."""
+    if backend == "onnx":
+        from droughtwatch_assets.core.portable import OnnxModel
+
+        path = tracking.download_onnx(VARIANT, version, folder)
+        if path is None:
+            raise BenchmarkError(f"{VARIANT} version {version} has no ONNX export")
+        return OnnxModel(path)
+    return tracking.load_model(VARIANT, version=version)
+
+
 def measure_predictions(
-    settings: Any, keys: Sequence[str], repeats: int, *, log: Log = _log
+    settings: Any,
+    keys: Sequence[str],
+    repeats: int,
+    *,
+    backend: str = "onnx",
+    keep: list | None = None,
+    log: Log = _log,
 ) -> dict[str, Any]:
-    """What batch_predictions does, without Dagster: the champion loaded once with
-    `Tracking.load_model`, then `predict_shard` on every shard's filtered images and indices
-    read from the lake. Times the model load, the lake reads, the first (cold) call and
-    `repeats` warm passes over all shards."""
-    import keras  # imported before the clock starts: the import is not the model load
+    """What batch_predictions does, without Dagster: the champion loaded once (`backend`: its
+    ONNX export in onnxruntime, or the Keras model), then `predict_shard` on every shard's
+    filtered images and indices read from the lake. Times the model load (the framework already
+    imported), the lake reads, the first (cold) call and `repeats` warm passes over all shards.
+    `keep`, if given, receives the last pass's probabilities, shard by shard."""
+    import tempfile
 
     from droughtwatch_assets.adapters.storage import open_store
     from droughtwatch_assets.adapters.tracking import (
@@ -212,59 +238,68 @@ def measure_predictions(
         default_artifact_root,
         default_tracking_uri,
     )
+    from droughtwatch_assets.core.frameworks import quiet_import
     from droughtwatch_assets.core.imagestack import dataset_from_arrow
     from droughtwatch_assets.core.training import predict_shard
     from droughtwatch_assets.core.variants import get_variant
     from droughtwatch_assets.pipeline.lake import FILTERED_IMAGES, SPECTRAL_INDICES, object_key
 
+    # Imported before the clock starts: the import is not the model load (the cold-start phase
+    # times imports).
+    framework = quiet_import("onnxruntime" if backend == "onnx" else "keras")
     if not keys:
         raise BenchmarkError(f"no ingested shards in {settings.lake}: nothing to predict")
     variant = get_variant(VARIANT)
-    started = time.perf_counter()
     tracking = Tracking(default_tracking_uri(settings), default_artifact_root(settings))
     version = tracking.alias_version(variant.name, CHAMPION)
     if version is None:
         raise BenchmarkError(f"{VARIANT} has no champion in {settings.home}: train one first")
-    model = tracking.load_model(variant.name, version=version)
-    load_s = time.perf_counter() - started
-
-    lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
-    started = time.perf_counter()
-    shards = [
-        (
-            dataset_from_arrow(lake.read_bytes(object_key(FILTERED_IMAGES, key))),
-            dataset_from_arrow(lake.read_bytes(object_key(SPECTRAL_INDICES, key))),
-        )
-        for key in keys
-    ]
-    read_s = time.perf_counter() - started
-    images = sum(int(f.sizes["image"]) for f, _ in shards)
-
-    started = time.perf_counter()
-    first, _ = predict_shard(model, *shards[0], variant)
-    first_call_s = time.perf_counter() - started
-
-    passes = []
-    for rep in range(repeats):
+    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as folder:
         started = time.perf_counter()
-        predicted = 0
-        for filtered, indices in shards:
-            probabilities, _ = predict_shard(model, filtered, indices, variant)
-            if probabilities.shape != (filtered.sizes["image"], 4) or not np.allclose(
-                probabilities.sum(axis=1), 1.0, atol=1e-3
-            ):
-                raise BenchmarkError(
-                    f"predictions of shape {probabilities.shape} for "
-                    f"{filtered.sizes['image']} images, or rows not summing to 1"
-                )
-            predicted += len(probabilities)
-        seconds = time.perf_counter() - started
-        passes.append(seconds)
-        log(f"  pass {rep + 1}: {predicted:,} predictions in {seconds:.2f} s")
+        model = load_backend(tracking, version, backend, Path(folder))
+        load_s = time.perf_counter() - started
+
+        lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
+        started = time.perf_counter()
+        shards = [
+            (
+                dataset_from_arrow(lake.read_bytes(object_key(FILTERED_IMAGES, key))),
+                dataset_from_arrow(lake.read_bytes(object_key(SPECTRAL_INDICES, key))),
+            )
+            for key in keys
+        ]
+        read_s = time.perf_counter() - started
+        images = sum(int(f.sizes["image"]) for f, _ in shards)
+
+        started = time.perf_counter()
+        first, _ = predict_shard(model, *shards[0], variant)
+        first_call_s = time.perf_counter() - started
+
+        passes = []
+        for rep in range(repeats):
+            started = time.perf_counter()
+            predicted, outputs = 0, []
+            for filtered, indices in shards:
+                probabilities, _ = predict_shard(model, filtered, indices, variant)
+                if probabilities.shape != (filtered.sizes["image"], 4) or not np.allclose(
+                    probabilities.sum(axis=1), 1.0, atol=1e-3
+                ):
+                    raise BenchmarkError(
+                        f"{backend}: predictions of shape {probabilities.shape} for "
+                        f"{filtered.sizes['image']} images, or rows not summing to 1"
+                    )
+                predicted += len(probabilities)
+                outputs.append(probabilities)
+            seconds = time.perf_counter() - started
+            passes.append(seconds)
+            log(f"  {backend} pass {rep + 1}: {predicted:,} predictions in {seconds:.2f} s")
+        if keep is not None:
+            keep[:] = outputs
     rates = [images / s for s in passes]
     return {
+        "backend": backend,
+        "framework_version": framework.__version__,
         "model_version": version,
-        "keras": keras.__version__,
         "shards": len(keys),
         "images": images,
         "first_shard_images": len(first),
@@ -277,37 +312,115 @@ def measure_predictions(
     }
 
 
-def measure_rescore(
-    settings: Any, keys: Sequence[str], repeats: int, *, log: Log = _log
-) -> dict[str, Any]:
-    """The whole rescore_job (batch_predictions + monitoring_metrics) per shard, in-process
-    through `droughtwatch_assets.cli.score_shards`, as `droughtwatch score --again` runs it."""
-    from droughtwatch_assets.cli import score_shards
+def max_difference(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> tuple[float, bool]:
+    """The largest absolute difference of two backends' probabilities, and whether every argmax
+    agrees."""
+    worst = max(
+        (float(np.abs(x - y).max()) for x, y in zip(a, b, strict=True) if len(x)), default=0
+    )
+    same = all((x.argmax(axis=1) == y.argmax(axis=1)).all() for x, y in zip(a, b, strict=True))
+    return worst, bool(same)
 
-    runs = []
+
+# What a fresh scoring process does before its first prediction, stage by stage, as a run worker
+# of `batch_predictions` does it: the code's imports (droughtwatch and Dagster), the framework,
+# the champion (Champion, as the asset resolves and loads it), one shard from the lake, the first
+# prediction. Prints one JSON line of epoch timestamps.
+COLD_START = """
+import json, sys, time
+marks = {"interpreter": time.time()}
+from droughtwatch_assets.adapters.storage import open_store
+from droughtwatch_assets.adapters.tracking import (
+    Tracking, default_artifact_root, default_tracking_uri,
+)
+from droughtwatch_assets.core.imagestack import dataset_from_arrow
+from droughtwatch_assets.core.variants import get_variant
+from droughtwatch_assets.defs.inference.assets import Champion
+from droughtwatch_assets.pipeline.lake import FILTERED_IMAGES, SPECTRAL_INDICES, object_key
+from droughtwatch_assets.settings import Settings
+marks["code imported"] = time.time()
+from droughtwatch_assets.core.frameworks import quiet_import
+backend, key = sys.argv[1], sys.argv[2]
+quiet_import("onnxruntime" if backend == "onnx" else "keras")
+marks["framework imported"] = time.time()
+settings = Settings.from_env()
+tracking = Tracking(default_tracking_uri(settings), default_artifact_root(settings))
+champion = Champion(tracking, get_variant("baseline"), model_format=backend)
+marks["champion resolved"] = time.time()
+champion.model, champion.temperature
+marks["model loaded"] = time.time()
+lake = open_store(settings.lake)
+shard = (
+    dataset_from_arrow(lake.read_bytes(object_key(FILTERED_IMAGES, key))),
+    dataset_from_arrow(lake.read_bytes(object_key(SPECTRAL_INDICES, key))),
+)
+marks["shard read"] = time.time()
+[probabilities] = champion.predict([shard])
+marks["first prediction"] = time.time()
+assert len(probabilities) == shard[0].sizes["image"], (len(probabilities), shard[0].sizes)
+marks["served_format"] = champion.served_format
+marks["tensorflow_imported"] = "tensorflow" in sys.modules
+print(json.dumps(marks))
+"""
+COLD_STAGES = (
+    "interpreter", "code imported", "framework imported", "champion resolved", "model loaded",
+    "shard read", "first prediction",
+)  # fmt: skip
+
+
+def measure_cold_start(
+    home: Path, key: str, repeats: int, *, log: Log = _log
+) -> dict[str, list[dict[str, float]]]:
+    """`repeats` fresh processes per backend (alternating, so both see the same machine), each
+    from its spawn to its first prediction; the seconds of each stage."""
+    found: dict[str, list[dict[str, float]]] = {b: [] for b in BACKENDS}
     for rep in range(repeats):
-        for key in keys:
+        for backend in BACKENDS if rep % 2 == 0 else BACKENDS[::-1]:
+            spawned = time.time()
+            out = subprocess.run(
+                [sys.executable, "-c", COLD_START, backend, key],
+                cwd=REPO_ROOT, env=home_env(home), capture_output=True, text=True, timeout=600,
+            )  # fmt: skip
+            if out.returncode != 0:
+                raise BenchmarkError(f"{backend} cold start failed:\n{out.stderr[-3000:]}")
+            marks = json.loads(out.stdout.strip().splitlines()[-1])
+            if marks["served_format"] != backend:
+                raise BenchmarkError(f"asked for {backend}, scored with {marks['served_format']}")
+            if backend == "onnx" and marks["tensorflow_imported"]:
+                raise BenchmarkError("the ONNX scoring process imported TensorFlow")
+            stages, previous = {}, spawned
+            for stage in COLD_STAGES:
+                stages[stage] = marks[stage] - previous
+                previous = marks[stage]
+            stages["total"] = marks["first prediction"] - spawned
+            found[backend].append(stages)
+            log(f"  {backend} cold start {rep + 1}: first prediction {stages['total']:.2f} s "
+                "after the spawn")  # fmt: skip
+    return found
+
+
+def measure_cli_score(home: Path, repeats: int, *, log: Log = _log) -> dict[str, Any]:
+    """`droughtwatch score --prefix '' --again --model-format <backend>` (every ingested shard)
+    as a user types it, `repeats` times per backend, alternating: the wall time from the spawn
+    to the exit, and predictions over it."""
+    droughtwatch = Path(sys.executable).with_name("droughtwatch")
+    found: dict[str, Any] = {b: {"seconds": [], "predictions": 0} for b in BACKENDS}
+    for rep in range(repeats):
+        for backend in BACKENDS if rep % 2 == 0 else BACKENDS[::-1]:
             started = time.perf_counter()
-            [outcome] = score_shards(settings, [key])
+            out = subprocess.run(
+                [str(droughtwatch), "score", "--prefix", "", "--again", "--model-format", backend],
+                cwd=REPO_ROOT, env=home_env(home), capture_output=True, text=True, timeout=1200,
+            )  # fmt: skip
             seconds = time.perf_counter() - started
-            if not outcome.ok:
-                raise BenchmarkError(f"rescore_job failed for {key}: {outcome.error}")
-            predictions = int(outcome.metadata["batch_predictions.predictions"])
-            runs.append({"key": key, "repeat": rep, "seconds": seconds, "predictions": predictions})
-            log(f"  rescore {key}: {predictions} predictions in {seconds:.2f} s")
-    per_shard = [r["seconds"] for r in runs]
-    per_pass = [
-        sum(r["predictions"] for r in runs if r["repeat"] == rep)
-        / sum(r["seconds"] for r in runs if r["repeat"] == rep)
-        for rep in range(repeats)
-    ]
-    return {
-        "shards": len(keys),
-        "runs": runs,
-        "median_seconds_per_shard": statistics.median(per_shard),
-        "predictions_per_s": per_pass,
-        "median_predictions_per_s": statistics.median(per_pass),
-    }
+            if out.returncode != 0:
+                raise BenchmarkError(
+                    f"droughtwatch score --model-format {backend} exited with {out.returncode}:"
+                    f"\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+                )
+            found[backend]["seconds"].append(seconds)
+            log(f"  droughtwatch score --model-format {backend}: {seconds:.1f} s")
+    return found
 
 
 # --- latency: dagster dev with the drop sensor running
@@ -630,7 +743,7 @@ def bench_machine() -> dict[str, str]:
     from importlib.metadata import version
 
     info = machine()
-    for package in ("dagster", "mlflow", "keras", "tensorflow-cpu"):
+    for package in ("dagster", "mlflow", "keras", "tensorflow-cpu", "onnxruntime"):
         try:
             info[package] = version(package)
         except Exception:  # not installed under this name
@@ -639,7 +752,8 @@ def bench_machine() -> dict[str, str]:
 
 
 def run_benchmark(bench: BenchSettings, *, log: Log = _log) -> dict[str, Any]:
-    """Setup in a throwaway home, throughput, in-process rescore, latency; returns all figures."""
+    """Setup in a throwaway home; per backend: throughput, cold start and `droughtwatch score`;
+    then latency under dagster dev; returns all figures."""
     started = time.perf_counter()
     home = (
         Path(bench.cache_dir) / f"inference-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
@@ -650,15 +764,27 @@ def run_benchmark(bench: BenchSettings, *, log: Log = _log) -> dict[str, Any]:
         with using_home(home) as settings:
             setup = prepare(bench, settings, log=log)
             keys = ingested_keys(settings)
-            log(f"throughput: predict_shard over {len(keys)} shards, {bench.repeats} passes ...")
-            throughput = measure_predictions(settings, keys, bench.repeats, log=log)
-            log(
-                f"  median {throughput['median_predictions_per_s']:,.0f} predictions/s; model "
-                f"load {throughput['model_load_seconds']:.2f} s"
-            )
-            rescore_keys = ingested_keys(settings, ("val/", "drops/"))
-            log(f"rescore_job in-process: {len(rescore_keys)} shards x {bench.rescore_repeats} ...")
-            rescore = measure_rescore(settings, rescore_keys, bench.rescore_repeats, log=log)
+            throughput, outputs = {}, {}
+            for backend in BACKENDS:
+                log(f"{backend}: predict_shard over {len(keys)} shards, {bench.repeats} passes ...")
+                outputs[backend] = []
+                throughput[backend] = measure_predictions(
+                    settings, keys, bench.repeats, backend=backend, keep=outputs[backend], log=log
+                )
+                log(
+                    f"  median {throughput[backend]['median_predictions_per_s']:,.0f} "
+                    f"predictions/s; model load {throughput[backend]['model_load_seconds']:.2f} s"
+                )
+            worst, same = max_difference(outputs["onnx"], outputs["keras"])
+            agreement = {"max_abs_diff": worst, "same_argmax": same}
+            log(f"  ONNX vs Keras: max |diff| {worst:.1e}, same argmax: {same}")
+            cold_key = next((k for k in keys if k.startswith("val/")), keys[0])
+            log(f"cold start: {bench.cold_repeats} fresh processes per backend ({cold_key}) ...")
+            cold = measure_cold_start(Path(settings.home), cold_key, bench.cold_repeats, log=log)
+            log(f"droughtwatch score over all {len(keys)} shards, {bench.cli_repeats}x each ...")
+            cli = measure_cli_score(Path(settings.home), bench.cli_repeats, log=log)
+            for backend in BACKENDS:
+                cli[backend]["predictions"] = throughput[backend]["images"]
             latency = None
             if bench.latency_drops > 0:
                 latency = measure_latency(bench, settings, log=log)
@@ -670,7 +796,9 @@ def run_benchmark(bench: BenchSettings, *, log: Log = _log) -> dict[str, Any]:
         "settings": {k: str(v) for k, v in asdict(bench).items()},
         "setup_seconds": setup,
         "throughput": throughput,
-        "rescore": rescore,
+        "agreement": agreement,
+        "cold_start": cold,
+        "cli": cli,
         "latency": latency,
         "total_seconds": time.perf_counter() - started,
     }
@@ -689,36 +817,70 @@ def _each(values: Sequence[float], fmt: str) -> str:
     return ", ".join(format(v, fmt) for v in values)
 
 
-def result_rows(report: dict[str, Any]) -> list[list[str]]:
-    t, r, lat = report["throughput"], report["rescore"], report["latency"]
-    rows = [
-        [
-            "predict_shard, model loaded once (predictions/s)",
-            f"{t['median_predictions_per_s']:,.0f}",
-            _each(t["predictions_per_s"], ",.0f"),
-        ],
-        ["model load (`Tracking.load_model`, s)", f"{t['model_load_seconds']:.2f}", "-"],
-        [
-            "rescore_job per shard, in-process (s)",
-            f"{r['median_seconds_per_shard']:.2f}",
-            _each([x["seconds"] for x in r["runs"]], ".2f"),
-        ],
-        [
-            "rescore_job, predictions/s incl. Dagster",
-            f"{r['median_predictions_per_s']:,.0f}",
-            _each(r["predictions_per_s"], ",.0f"),
-        ],
-    ]
-    if lat is not None:
+def _median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def figures(report: dict[str, Any]) -> dict[str, dict[str, list[float]]]:
+    """Each compared figure, per backend, every run."""
+    t, cold, cli = report["throughput"], report["cold_start"], report["cli"]
+    return {
+        "predictions/s, model loaded once": {b: t[b]["predictions_per_s"] for b in BACKENDS},
+        "model load, framework imported (s)": {b: [t[b]["model_load_seconds"]] for b in BACKENDS},
+        "first call after the load (s)": {b: [t[b]["first_call_seconds"]] for b in BACKENDS},
+        "process start -> first prediction (s)": {
+            b: [c["total"] for c in cold[b]] for b in BACKENDS
+        },
+        "`droughtwatch score`, all shards (s)": {b: cli[b]["seconds"] for b in BACKENDS},
+        "`droughtwatch score`, predictions/s incl. process and Dagster": {
+            b: [cli[b]["predictions"] / x for x in cli[b]["seconds"]] for b in BACKENDS
+        },
+    }
+
+
+def _fmt(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.2f}"
+
+
+COMPARE_HEADER = (
+    "figure",
+    "ONNX (median)",
+    "Keras (median)",
+    "ONNX / Keras",
+    "each run (ONNX; Keras)",
+)
+
+
+def compare_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for name, values in figures(report).items():
+        onnx, keras = _median(values["onnx"]), _median(values["keras"])
         rows.append([
-            f"drop upload -> metrics row (s, sensor every {lat['sensor_interval_s']} s)",
-            f"{lat['median_latency_seconds']:.1f}",
-            _each(lat["latencies_seconds"], ".1f"),
+            name, _fmt(onnx), _fmt(keras), f"{onnx / keras:.2f}" if keras else "-",
+            f"{', '.join(map(_fmt, values['onnx']))}; {', '.join(map(_fmt, values['keras']))}",
         ])  # fmt: skip
     return rows
 
 
-RESULT_HEADER = ("figure", "median", "each run")
+STAGE_HEADER = ("stage of a fresh scoring process", "ONNX (s, median)", "Keras (s, median)")
+
+
+def stage_rows(report: dict[str, Any]) -> list[list[str]]:
+    cold = report["cold_start"]
+    names = {
+        "interpreter": "spawn -> Python running",
+        "code imported": "import droughtwatch, Dagster, MLflow client, xarray",
+        "framework imported": "import onnxruntime / Keras + TensorFlow",
+        "champion resolved": "resolve the champion (open the MLflow store, read the alias)",
+        "model loaded": "load it (download; onnxruntime session / Keras model)",
+        "shard read": "read one shard from the lake",
+        "first prediction": "first prediction (graph build or session warm-up)",
+        "total": "**total: spawn -> first prediction**",
+    }
+    return [
+        [label, *(f"{_median([c[stage] for c in cold[b]]):.2f}" for b in BACKENDS)]
+        for stage, label in names.items()
+    ]
 
 
 def latency_rows(latency: dict[str, Any]) -> list[list[str]]:
@@ -743,12 +905,21 @@ def format_summary(report: dict[str, Any]) -> str:
     m = report["machine"]
     parts = [
         f"machine: {m['cpu']}, {m['cores']} cores, {m['memory']}, Python {m['python']}, "
-        f"Keras {m['keras']}, dagster {m['dagster']}, {m['date']}",
+        f"Keras {m['keras']}, onnxruntime {m['onnxruntime']}, dagster {m['dagster']}, "
+        f"{m['date']}",
         "",
-        _table(RESULT_HEADER, result_rows(report)),
+        _table(COMPARE_HEADER, compare_rows(report)),
+        "",
+        _table(STAGE_HEADER, stage_rows(report)),
     ]
     if report["latency"] is not None:
-        parts += ["", _table(LATENCY_HEADER, latency_rows(report["latency"]))]
+        lat = report["latency"]
+        parts += [
+            "",
+            f"drop upload -> metrics row (ONNX, sensor every {lat['sensor_interval_s']} s): "
+            f"median {lat['median_latency_seconds']:.1f} s",
+            _table(LATENCY_HEADER, latency_rows(lat)),
+        ]
     return "\n".join(parts)
 
 
@@ -772,12 +943,14 @@ def _latency_section(report: dict[str, Any]) -> str:
     )
     records = " or ".join(f"{n:,}" for n in sorted(set(lat["drop_records"])))
     root_text = (
-        "\n**dagster dev ran on a data root holding only these drops** "
-        "(`--separate-drop-root`).\n"
+        "\n**dagster dev ran on a data root holding only these drops** (`--separate-drop-root`).\n"
         if lat["separate_drop_root"]
         else ""
     )
-    return f"""{_table(LATENCY_HEADER, latency_rows(lat))}
+    return f"""Median **{lat["median_latency_seconds"]:.1f} s** from a drop's upload to its
+`monitoring_metrics` row (scoring with the ONNX export, the default), sensor every {interval} s.
+
+{_table(LATENCY_HEADER, latency_rows(lat))}
 
 `dagster dev` answered on its port {lat["webserver_ready_seconds"]:.0f} s after it was started
 and `drop_sensor` had ticked {lat["first_tick_seconds"]:.0f} s after that; the drops were
@@ -790,12 +963,51 @@ sensor to see it: {interval / 2:.1f} s here, and {DEFAULT_SENSOR_INTERVAL / 2:.0
 default of {DEFAULT_SENSOR_INTERVAL} s (up to {DEFAULT_SENSOR_INTERVAL} s), so with the default
 expect the median above plus about {(DEFAULT_SENSOR_INTERVAL - interval) / 2:.1f} s. The rest
 is the run: the daemon dequeues it and starts a run process that loads the code location
-(created -> started), then Dagster's default multiprocess executor runs the run's steps
-(ingest, `batch_predictions`, `monitoring_metrics`) one after another, each in a fresh process
-that imports the code location again, and `batch_predictions` TensorFlow and the champion too
-(started -> row): process starts and imports, not predictions, are most of this time.
+(created -> started), then the run's one step ingests, scores and monitors the shard
+(started -> row).
 
 {others_text} Processes left after dagster dev was stopped: {lat["leftover_processes"]}."""
+
+
+def _where_the_time_goes(report: dict[str, Any]) -> str:
+    t, cold, cli = report["throughput"], report["cold_start"], report["cli"]
+
+    def stage(backend: str, name: str) -> float:
+        return _median([c[name] for c in cold[backend]])
+
+    saved = stage("keras", "total") - stage("onnx", "total")
+    cli_onnx, cli_keras = _median(cli["onnx"]["seconds"]), _median(cli["keras"]["seconds"])
+    compute = t["onnx"]["images"] / t["onnx"]["median_predictions_per_s"]
+    steady = t["keras"]["images"] / t["keras"]["median_predictions_per_s"] - compute
+
+    def pair(name: str) -> str:
+        return f"{stage('onnx', name):.2f} against {stage('keras', name):.2f} s"
+
+    return f"""- **Start-up.** A fresh scoring process reaches its first prediction {saved:.1f} s
+  {"sooner" if saved >= 0 else "later"} with ONNX ({pair("total")}). Importing the framework:
+  {pair("framework imported")} (onnxruntime against Keras with TensorFlow); loading the
+  model once the champion is known: {pair("model loaded")}; reading the shard:
+  {pair("shard read")}; the first prediction: {pair("first prediction")}. Both pay alike
+  for the code's own imports ({pair("code imported")}: Dagster, the MLflow client, xarray,
+  pandas) and for resolving the champion ({pair("champion resolved")}: the MLflow store
+  opened and the alias read), which is now the largest part of the ONNX path's start-up.
+- **Steady-state throughput**, model loaded once, batches of 256: ONNX
+  {t["onnx"]["median_predictions_per_s"]:,.0f} against Keras
+  {t["keras"]["median_predictions_per_s"]:,.0f} predictions/s
+  ({t["onnx"]["median_predictions_per_s"] / t["keras"]["median_predictions_per_s"]:.2f}x). On
+  the {t["onnx"]["images"]:,} images here that is {compute:.1f} s of computing with ONNX.
+- **What a user types.** `droughtwatch score` over all {t["onnx"]["shards"]} shards took
+  {cli_onnx:.1f} s with ONNX and {cli_keras:.1f} s with Keras, {cli_keras - cli_onnx:.1f} s
+  apart: about {saved:.1f} s of start-up (above) and {steady:.1f} s of slower steady-state
+  predictions on these images. The rest of the command (its own start, listing the shards,
+  Dagster's bookkeeping, the metrics-database upserts, `drift_summary_job`) is the same code
+  for both. A run pays the start-up once for up to `DROUGHTWATCH_SHARDS_PER_RUN` shards, not
+  once per shard.
+- **Agreement.** Over all {t["onnx"]["images"]:,} images the two backends' raw
+  probabilities differ by at most {report["agreement"]["max_abs_diff"]:.1e}, and
+  {"every argmax agrees" if report["agreement"]["same_argmax"] else "some argmax differ"}
+  (registration refuses to promote a version whose export differs by more than 1e-4 on its
+  validation images)."""
 
 
 def format_docs(report: dict[str, Any], arguments: str = "") -> str:
@@ -803,36 +1015,33 @@ def format_docs(report: dict[str, Any], arguments: str = "") -> str:
     m = report["machine"]
     s = report["settings"]
     t = report["throughput"]
-    r = report["rescore"]
     setup = report["setup_seconds"]
     ran_text = f"; these figures come from `{COMMAND} {arguments}`" if arguments else ""
-    per_shard_overhead = r["median_seconds_per_shard"] - (
-        statistics.median(x["predictions"] for x in r["runs"]) / t["median_predictions_per_s"]
-    )
     return f"""# Inference benchmark
 
-`make bench-inference` runs `{COMMAND}`{ran_text}. It measures how fast the `{VARIANT}` champion
-scores the sample corpus, and how long a drop takes from its upload to its row in the
-`monitoring_metrics` table with `dagster dev` and the drop sensor running.
+`make bench-inference` runs `{COMMAND}`{ran_text}. It compares the two ways the `{VARIANT}`
+champion can score, its ONNX export in onnxruntime (the default) and its Keras model, in one
+run on the same shards: predictions/s, model load time and a fresh process's time from its
+start to its first prediction, and `droughtwatch score` end to end. Then it times a drop from its
+upload to its row in the `monitoring_metrics` table with `dagster dev` and the drop sensor
+running.
 
 ## Results
 
 Measured {m["date"]} on {m["cpu"]}, {m["cores"]} cores, {m["memory"]} memory, {m["os"]},
-Python {m["python"]}, Keras {m["keras"]} (TensorFlow {m["tensorflow-cpu"]}, CPU), dagster
-{m["dagster"]}, MLflow {m["mlflow"]}. Other sessions share this machine, so figures vary from
-run to run: each row gives the median and every run.
+Python {m["python"]}, onnxruntime {m["onnxruntime"]}, Keras {m["keras"]} (TensorFlow
+{m["tensorflow-cpu"]}, CPU), dagster {m["dagster"]}, MLflow {m["mlflow"]}. Other sessions
+share this machine, so figures vary from run to run: each row gives the medians, their ratio
+and every run. The champion (version {t["onnx"]["model_version"]}) scored {t["onnx"]["images"]:,}
+kept images in {t["onnx"]["shards"]} shards per pass.
 
-{_table(RESULT_HEADER, result_rows(report))}
+{_table(COMPARE_HEADER, compare_rows(report))}
 
-The champion (version {t["model_version"]}) scored {t["images"]:,} kept images in
-{t["shards"]} shards per pass. Reading them from the lake (Arrow IPC) took
-{t["lake_read_seconds"]:.2f} s and is not in the predictions/s figure; the first call after the
-load (graph tracing) took {t["first_call_seconds"]:.2f} s for {t["first_shard_images"]} images
-and is not in it either. A `rescore_job` run pays both, plus loading the model and the
-training reference profile from MLflow, the metrics-database upsert and Dagster's own
-bookkeeping, once per shard: about {per_shard_overhead:.1f} s per shard more than the
-prediction alone, which is why its predictions/s figure is much lower on shards of a few
-hundred images.
+### Where the time goes
+
+{_table(STAGE_HEADER, stage_rows(report))}
+
+{_where_the_time_goes(report)}
 
 ### Drop latency
 
@@ -849,19 +1058,25 @@ Total benchmark time: {report["total_seconds"] / 60:.1f} minutes (setup:
   elsewhere, such as `MLFLOW_TRACKING_URI`, are dropped): `droughtwatch sample-data --train
   {s["train"]} --val {s["val"]} --records-per-shard {s["records_per_shard"]} --drops
   {s["drops"]} --records-per-drop {s["records_per_drop"]}`, `droughtwatch discover
-  --materialize`, `droughtwatch train {VARIANT} --epochs {s["epochs"]}` (the benchmark stops
-  with a message if the gate does not promote the model), all through the CLI's own functions
-  in the benchmark's process.
-- **Predictions/s**: what `batch_predictions` does, without Dagster: `Tracking.load_model` of
-  the champion once (timed, Keras already imported), every ingested shard's `filtered_images`
-  and `spectral_indices` read from the lake, one untimed warm-up call, then {s["repeats"]}
-  timed passes of `core.training.predict_shard` (batches of 256) over all shards; kept images
-  divided by the wall time of a pass. Every pass checks that each shard got one row per image
-  and that the probabilities sum to 1.
-- **rescore_job**: `droughtwatch_assets.cli.score_shards` (what `droughtwatch score --again`
-  runs) on each val and drop shard, one in-process `rescore_job` run per shard,
-  {s["rescore_repeats"]} time(s); the wall time of each call, and predictions over the summed
-  time of a pass.
+  --materialize`, `droughtwatch train {VARIANT} --epochs {s["epochs"]}` (registration exports
+  the ONNX model; the benchmark stops with a message if the gate does not promote the model),
+  all through the CLI's own functions in the benchmark's process.
+- **Predictions/s**, per backend: what `batch_predictions` does, without Dagster. The framework
+  is imported first (untimed); then the champion is loaded (timed: `Tracking.download_onnx` and
+  an onnxruntime session, or `Tracking.load_model`), every ingested shard's `filtered_images`
+  and `spectral_indices` are read from the lake, one call is timed alone (the first), then
+  {s["repeats"]} timed passes of `core.training.predict_shard` (batches of 256) over all shards:
+  kept images over the wall time of a pass. Every pass checks one row per image and rows
+  summing to 1; the last passes of both backends are compared image by image.
+- **Process start -> first prediction**: {s["cold_repeats"]} fresh `python -c` processes per
+  backend, alternating, each doing what a run worker's `batch_predictions` does before its first
+  prediction: import the code, import the framework, resolve and load the champion through
+  `Champion` (the asset's own class, `model_format` onnx or keras), read one val shard, predict.
+  Each stage is stamped with the wall clock; the first stage starts at the spawn (in the
+  benchmark). The ONNX process also reports that TensorFlow was never imported.
+- **`droughtwatch score`**: `droughtwatch score --prefix '' --again --model-format <backend>` on
+  every ingested shard, {s["cli_repeats"]} times per backend, alternating; the wall time from
+  spawn to exit (the CLI runs `rescore_job` over batches of shards, then `drift_summary_job`).
 - **Latency**: `env --default-signal=INT,TERM .venv/bin/dagster dev -m
   droughtwatch_assets.definitions -h 127.0.0.1 -p <free port>` with the home's `DAGSTER_HOME`
   and `DROUGHTWATCH_SENSOR_INTERVAL={s["sensor_interval"]}`; once the webserver answers
@@ -877,7 +1092,7 @@ Total benchmark time: {report["total_seconds"] / 60:.1f} minutes (setup:
 
 ## Running it
 
-    # the default run: about 5-8 minutes on 2 cores
+    # the default run: about 4-6 minutes on 2 cores
     {COMMAND}
     # a small setup, 1 drop, 1 pass each: a check that it works (writes no page)
     {COMMAND} --quick
@@ -893,7 +1108,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     defaults = BenchSettings()
     parser = argparse.ArgumentParser(
         prog="python -m droughtwatch_tests.benchmarks.inference",
-        description="Benchmark batch inference throughput and drop-to-metrics latency.",
+        description="Compare ONNX and Keras scoring; time a drop to its metrics row.",
     )
     for name, help_text in (
         ("train", "train records"),
@@ -903,7 +1118,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ("records-per-drop", "records per drop from sample-data"),
         ("epochs", "baseline training epochs"),
         ("repeats", "timed predict_shard passes"),
-        ("rescore-repeats", "in-process rescore_job runs per shard"),
+        ("cold-repeats", "fresh scoring processes per backend"),
+        ("cli-repeats", "`droughtwatch score` runs per backend"),
         ("latency-drops", "drops uploaded with dagster dev running (0: skip)"),
         ("sensor-interval", "DROUGHTWATCH_SENSOR_INTERVAL for dagster dev"),
     ):
@@ -935,7 +1151,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 QUICK = {
     "train": 1_200, "val": 400, "records_per_shard": 400, "drops": 1, "records_per_drop": 100,
-    "repeats": 1, "rescore_repeats": 1, "latency_drops": 1,
+    "repeats": 1, "cold_repeats": 1, "cli_repeats": 1, "latency_drops": 1,
 }  # fmt: skip
 
 
@@ -948,7 +1164,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
     )
     for field_name in (
         "train", "val", "records_per_shard", "drops", "records_per_drop", "epochs", "repeats",
-        "rescore_repeats", "latency_drops", "sensor_interval",
+        "cold_repeats", "cli_repeats", "latency_drops", "sensor_interval",
     ):  # fmt: skip
         value = getattr(args, field_name)
         if value is None and args.quick:
@@ -956,7 +1172,7 @@ def settings_from_args(args: argparse.Namespace) -> BenchSettings:
         if value is not None:
             setattr(bench, field_name, value)
     positive = (bench.train, bench.val, bench.records_per_shard, bench.epochs, bench.repeats)
-    if min(positive) <= 0 or bench.rescore_repeats <= 0 or bench.sensor_interval <= 0:
+    if min(positive) <= 0 or min(bench.cold_repeats, bench.cli_repeats, bench.sensor_interval) <= 0:
         raise SystemExit("record counts, epochs, repeats and the sensor interval must be positive")
     if bench.latency_drops < 0 or bench.drops < 0:
         raise SystemExit("--latency-drops and --drops may not be negative")

@@ -1,5 +1,6 @@
-"""Smoke test of the inference benchmark on a tiny setup: the throughput and rescore phases, the
-report, and the helpers of the latency phase (which itself needs `dagster dev`: not run here)."""
+"""Smoke test of the inference benchmark on a tiny setup: both backends' throughput, the cold-start
+and `droughtwatch score` phases, the report, and the helpers of the latency phase (which itself
+needs `dagster dev`: not run here)."""
 
 import os
 import subprocess
@@ -57,13 +58,18 @@ def test_setup_trains_a_champion_from_the_cli(setup) -> None:
     assert "MLFLOW_TRACKING_URI" not in os.environ
 
 
-def test_throughput_counts_every_kept_image_in_every_pass(setup) -> None:
+@pytest.mark.parametrize("backend", bench.BACKENDS)
+def test_throughput_counts_every_kept_image_in_every_pass(setup, backend: str) -> None:
     settings, _ = setup
     keys = bench.ingested_keys(settings)
-    result = bench.measure_predictions(settings, keys, repeats=2, log=quiet)
-    assert result["model_version"] == "1"
+    kept: list = []
+    result = bench.measure_predictions(
+        settings, keys, repeats=2, backend=backend, keep=kept, log=quiet
+    )
+    assert result["backend"] == backend and result["model_version"] == "1"
     assert result["shards"] == 4
     assert result["images"] == sum(kept_images(settings, k) for k in keys)
+    assert [len(p) for p in kept] == [kept_images(settings, k) for k in keys]
     assert result["first_shard_images"] == kept_images(settings, keys[0])
     assert len(result["pass_seconds"]) == len(result["predictions_per_s"]) == 2
     assert all(rate > 0 for rate in result["predictions_per_s"])
@@ -71,16 +77,42 @@ def test_throughput_counts_every_kept_image_in_every_pass(setup) -> None:
     assert result["model_load_seconds"] > 0 and result["lake_read_seconds"] > 0
 
 
-def test_rescore_runs_the_job_and_writes_the_metrics_row(setup) -> None:
+def test_both_backends_agree_and_the_difference_is_measured(setup) -> None:
+    settings, _ = setup
+    keys = bench.ingested_keys(settings)
+    outputs = {}
+    for backend in bench.BACKENDS:
+        outputs[backend] = []
+        bench.measure_predictions(
+            settings, keys, repeats=1, backend=backend, keep=outputs[backend], log=quiet
+        )
+    worst, same = bench.max_difference(outputs["onnx"], outputs["keras"])
+    assert same and 0 <= worst <= 1e-4
+    shifted = [p.copy() for p in outputs["onnx"]]
+    shifted[0][0] = shifted[0][0][::-1]  # one image's probabilities reversed
+    worst, same = bench.max_difference(shifted, outputs["keras"])
+    assert worst > 1e-4 and not same
+
+
+def test_cold_start_stages_add_up_and_onnx_never_imports_tensorflow(setup) -> None:
+    settings, _ = setup
+    found = bench.measure_cold_start(Path(settings.home), "val/part-r-00000", 1, log=quiet)
+    assert set(found) == {"onnx", "keras"}
+    for backend, [stages] in found.items():
+        assert list(stages) == [*bench.COLD_STAGES, "total"], backend
+        assert all(v >= 0 for v in stages.values()), stages
+        parts = sum(stages[s] for s in bench.COLD_STAGES)
+        assert parts == pytest.approx(stages["total"], abs=1e-6)
+    # measure_cold_start raises if the ONNX process imported TensorFlow; a Keras one must have.
+
+
+def test_cli_score_runs_each_backend_and_writes_metrics_rows(setup) -> None:
     settings, _ = setup
     drop = "drops/2024-08-01/part-r-00000"
     engine = metricsdb.connect(metricsdb.database_url(settings))
-    assert bench.monitoring_recorded_at(engine, drop) is None
     before = time.time()
-    result = bench.measure_rescore(settings, [drop], repeats=1, log=quiet)
-    [run] = result["runs"]
-    assert run["key"] == drop and run["predictions"] == kept_images(settings, drop)
-    assert result["median_predictions_per_s"] == pytest.approx(run["predictions"] / run["seconds"])
+    found = bench.measure_cli_score(Path(settings.home), 1, log=quiet)
+    assert {b: len(found[b]["seconds"]) for b in found} == {"onnx": 1, "keras": 1}
     recorded = bench.monitoring_recorded_at(engine, drop)
     assert recorded is not None and before - 1 <= recorded <= time.time()
 
@@ -134,20 +166,33 @@ def test_stop_tagged_stops_every_tagged_process() -> None:
 
 
 def test_report_renders_figures_and_the_sensor_interval() -> None:
+    def throughput(rates, load, first):
+        return {
+            "model_version": "1", "shards": 5, "images": 1574, "first_shard_images": 60,
+            "model_load_seconds": load, "lake_read_seconds": 0.2, "first_call_seconds": first,
+            "pass_seconds": [1574 / r for r in rates], "predictions_per_s": rates,
+            "median_predictions_per_s": sorted(rates)[len(rates) // 2],
+        }  # fmt: skip
+
+    def cold(framework, load, first):
+        stages = {"interpreter": 0.1, "code imported": 3.0, "framework imported": framework,
+                  "champion resolved": 0.5, "model loaded": load, "shard read": 0.1,
+                  "first prediction": first}  # fmt: skip
+        return [{**stages, "total": sum(stages.values())}]
+
     report = {
         "machine": bench.bench_machine(),
         "settings": {k: str(v) for k, v in vars(TINY).items()},
         "setup_seconds": {"sample-data": 1.0, "train baseline --epochs 2": 20.0},
         "throughput": {
-            "model_version": "1", "shards": 5, "images": 1574, "first_shard_images": 60,
-            "model_load_seconds": 0.4, "lake_read_seconds": 0.2, "first_call_seconds": 0.5,
-            "pass_seconds": [1.0, 2.0], "predictions_per_s": [1574.0, 787.0],
-            "median_predictions_per_s": 1180.5,
+            "onnx": throughput([2000.0, 1000.0, 1500.0], 0.05, 0.01),
+            "keras": throughput([1000.0], 0.4, 0.5),
         },
-        "rescore": {
-            "shards": 1, "runs": [{"key": "k", "repeat": 0, "seconds": 4.0, "predictions": 60}],
-            "median_seconds_per_shard": 4.0, "predictions_per_s": [15.0],
-            "median_predictions_per_s": 15.0,
+        "agreement": {"max_abs_diff": 3e-7, "same_argmax": True},
+        "cold_start": {"onnx": cold(0.2, 0.1, 0.01), "keras": cold(4.0, 1.0, 0.5)},
+        "cli": {
+            "onnx": {"seconds": [10.0], "predictions": 1574},
+            "keras": {"seconds": [20.0], "predictions": 1574},
         },
         "latency": {
             "sensor_interval_s": 5, "webserver_ready_seconds": 20.0, "first_tick_seconds": 0.1,
@@ -162,11 +207,18 @@ def test_report_renders_figures_and_the_sensor_interval() -> None:
         "total_seconds": 300.0,
     }  # fmt: skip
     summary = bench.format_summary(report)
-    assert "1,180" in summary and "48.0" in summary
+    assert "| predictions/s, model loaded once | 1,500 | 1,000 | 1.50 |" in summary
+    assert "| process start -> first prediction (s) | 4.01 | 9.20 | 0.44 |" in summary
+    assert "| `droughtwatch score`, all shards (s) | 10.00 | 20.00 | 0.50 |" in summary
     docs = bench.format_docs(report, "--quick")
     assert f"{bench.COMMAND} --quick" in docs
+    flat = " ".join(docs.split())
+    assert "first prediction 5.2 s sooner with ONNX (4.01 against 9.20 s)" in flat
+    assert "Importing the framework: 0.20 against 4.00 s" in flat
     assert "| `drops/2024-08-02/part-r-00000` | 48.0 | 3.0 | 7.0 | 38.0 |" in docs
-    assert "2.5 s here, and 15 s with the default of 30 s" in " ".join(docs.split())
+    assert "2.5 s here, and 15 s with the default of 30 s" in flat
+    assert "differ by at most 3.0e-07, and every argmax agrees" in flat
+    assert "20.0 s with Keras, 10.0 s apart: about 5.2 s of start-up (above) and 0.5 s of" in flat
     assert report["machine"]["cpu"] in docs
     report["latency"] = None
     assert "latency phase was not run" in bench.format_docs(report)
