@@ -20,7 +20,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 CHECKOV := .tools/checkov/bin/checkov
 COMPOSE := docker compose -f docker/docker-compose.yml --env-file docker/.env
 
-.PHONY: install tools browser nannyml-reference demo dev mlflow-ui test lint bench bench-training bench-inference bench-e2e bench-monitoring \
+.PHONY: install tools browser nannyml-reference demo dev mlflow-ui test lint mutation bench bench-training bench-inference bench-e2e bench-monitoring \
 	stack-up stack-down clean
 
 $(UV):
@@ -85,6 +85,18 @@ lint: install
 
 test: install tools lint  ## the whole suite
 	$(BIN)/pytest
+
+# Mutation testing (docs/testing.md): mutmut mutates the modules that carry the documented rules
+# ([tool.mutmut] in pyproject.toml) and runs the tests that cover each mutated function, for at
+# most MUTATION_BUDGET seconds. Results accumulate in mutants/: the next run carries on where
+# the budget ran out and re-tests only functions that changed. The report lists the survivors.
+# The tests run from a copy in mutants/, so they are told where the sample shard is.
+MUTATION_BUDGET ?= 3600
+mutation: export DROUGHTWATCH_SAMPLE_SHARD ?= $(abspath $(CURDIR)/../shared/data/droughtwatch-sample/part-r-00012)
+mutation: install  ## mutation testing of the rule modules within MUTATION_BUDGET s; docs/testing.md
+	timeout --signal=INT --kill-after=60 $(MUTATION_BUDGET) $(BIN)/mutmut run --max-children $$(nproc) \
+	  || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 130 ]; }
+	$(BIN)/python -m droughtwatch_tests.tools.mutation_report
 
 bench: install  ## ingest benchmark against the earlier approach; writes docs/benchmarks.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.ingest

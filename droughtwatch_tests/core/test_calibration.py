@@ -111,3 +111,55 @@ def test_cbpe_matches_nannyml():
         ours = estimate_performance(np.array(case["probabilities"]))
         assert ours.accuracy == pytest.approx(case["accuracy"], abs=1e-6), case["seed"]
         assert ours.macro_f1 == pytest.approx(case["macro_f1"], abs=1e-6), case["seed"]
+
+
+# --- hand-computed cases: the binning, the scaling and the likelihood with literal numbers ----
+
+
+def test_reliability_bins_a_hand_made_case():
+    """Ten bins of width 0.1. Confidences 0.25 (right), 0.55 (right), 1.0 (right) and 0.92
+    (wrong): bins 2, 5 and 9 (1.0 falls in the last bin). ECE = 1/4 |1 - 0.25| +
+    1/4 |1 - 0.55| + 2/4 |0.5 - 0.96| = 0.1875 + 0.1125 + 0.23 = 0.53."""
+    p = [
+        [0.25, 0.25, 0.25, 0.25],
+        [0.55, 0.45, 0.0, 0.0],
+        [0.0, 1.0, 0.0, 0.0],
+        [0.04, 0.92, 0.04, 0.0],
+    ]
+    r = reliability(p, [0, 0, 1, 2], bins=10)
+    assert r.edges == pytest.approx([0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+    assert r.counts == (0, 0, 1, 0, 0, 1, 0, 0, 0, 2)
+    assert [r.confidence[b] for b in (2, 5, 9)] == pytest.approx([0.25, 0.55, 0.96])
+    assert [r.accuracy[b] for b in (2, 5, 9)] == [1.0, 1.0, 0.5]
+    assert all(np.isnan(r.confidence[b]) and np.isnan(r.accuracy[b]) for b in (0, 1, 3, 4, 6))
+    assert r.ece == pytest.approx(0.53)
+    assert expected_calibration_error(p, [0, 0, 1, 2], bins=10) == pytest.approx(0.53)
+    # The default: 15 bins (16 edges); the 0.92 and 1.0 rows still share the last bin.
+    assert len(reliability(p, [0, 0, 1, 2]).edges) == 16
+    empty = reliability(np.empty((0, 4)), [], bins=10)
+    assert empty.counts == (0,) * 10 and empty.ece == 0.0
+
+
+def test_apply_temperature_by_hand():
+    """T = 2 takes the square root of each probability and renormalises:
+    [0.5, 0.25, 0.25, 0] -> [0.7071, 0.5, 0.5, ~1e-6] / 1.7071."""
+    scaled = apply_temperature([[0.5, 0.25, 0.25, 0.0]], 2.0)
+    assert scaled.dtype == np.float32
+    assert scaled[0] == pytest.approx([0.414214, 0.292893, 0.292893, 5.9e-7], abs=1e-6)
+    # A temperature near zero makes each row one-hot, row by row (no underflow to NaN when
+    # the rows' scales differ by far).
+    sharp = apply_temperature([[0.5, 0.25, 0.25, 0.0], [0.0, 0.0, 0.01, 0.99]], 0.0005)
+    assert np.array_equal(sharp, np.array([[1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float32))
+    assert apply_temperature(np.empty((0, 4)), 2.0).dtype == np.float32
+
+
+def test_negative_log_likelihood_by_hand():
+    p = [[0.5, 0.5, 0.0, 0.0], [0.5, 0.5, 0.0, 0.0]]
+    assert negative_log_likelihood(p, [0, 1]) == pytest.approx(0.693147, abs=1e-6)  # ln 2
+    # A zero probability on the label is clipped at 1e-12: -ln(1e-12) = 27.631021, not inf.
+    assert negative_log_likelihood(p[:1], [2]) == pytest.approx(27.631021, abs=1e-6)
+    assert negative_log_likelihood(p, np.array([0.0, 1.0])) == pytest.approx(0.693147, abs=1e-6)
+    assert negative_log_likelihood(np.empty((0, 4)), []) == 0.0
+    for bad in ([0, 4], [-1, 0]):
+        with pytest.raises(ValueError, match=r"labels must be class labels 0..3"):
+            negative_log_likelihood(p, bad)

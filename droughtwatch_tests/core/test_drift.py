@@ -369,3 +369,35 @@ def test_input_drift_names_the_input_that_moved():
     assert most_moved(input_drift(reference, calm, quality_reference, quality_reference)) is None
     # A feature the reference lacks (a model trained before band means existed) is skipped.
     assert {r["feature"] for r in input_drift({}, values)} == set()
+
+
+def test_input_drift_rows_by_hand():
+    """One input whose shard equals its reference (PSI 0, Wasserstein 0) and two quality shares,
+    one 0.3 cloudier than in training: rows in the input_drift table's shape, the most moved
+    first, and the share named as what moved (beyond QUALITY_SHIFT 0.05, the larger shift)."""
+    from droughtwatch_assets.core.drift import input_drift, most_moved
+
+    rows = input_drift(
+        {"B5": reference_profile(HUNDRED), "B7": reference_profile(HUNDRED)},
+        {"B5": HUNDRED, "NDVI": HUNDRED},  # B7 not in the shard, NDVI not in the reference
+        {"cloudy_share": 0.1, "blank_share": 0.0, "evi_guarded_share": 0.0},
+        {"cloudy_share": 0.4, "blank_share": 0.08},  # no EVI-guarded share measured
+    )
+    assert [(r["feature"], r["kind"]) for r in rows] == [
+        ("B5", "input"), ("cloudy_share", "quality"), ("blank_share", "quality"),
+    ]  # fmt: skip
+    b5, cloudy, blank = rows
+    assert b5["psi"] == pytest.approx(0.0, abs=1e-9)
+    assert b5["wasserstein"] == pytest.approx(0.0, abs=1e-9)
+    assert b5["shard_value"] == pytest.approx(49.5) and b5["shift"] is None
+    assert b5["reference_value"] == pytest.approx(49.5, abs=0.01)
+    assert cloudy == {
+        "feature": "cloudy_share", "kind": "quality", "psi": None, "wasserstein": None,
+        "shard_value": 0.4, "reference_value": 0.1, "shift": pytest.approx(0.3),
+    }  # fmt: skip
+    assert blank["shift"] == pytest.approx(0.08)
+    assert most_moved(rows) == "cloudy_share"  # 0.3 > 0.08, both beyond 0.05
+    assert most_moved(list(reversed(rows))) == "cloudy_share"
+    assert most_moved(rows[:1]) is None  # PSI 0 is not above 0.2
+    with pytest.raises(ValueError, match="B5 is empty"):
+        input_drift({"B5": reference_profile(HUNDRED)}, {"B5": np.array([])})

@@ -176,3 +176,34 @@ def test_filter_rejects_bad_input_with_the_record_named() -> None:
         filter_images(images, np.array([0, 1, 2]), ids_for(2))
     with pytest.raises(ValueError, match="cloud_policy"):
         filter_images(images, np.array([0, 1, 2]), ids_for(3), cloud_policy="drop")  # type: ignore[arg-type]
+
+
+def test_filter_normalises_ids_to_strings_and_labels_to_int8() -> None:
+    """Ids arrive as Python strings (object arrays) from some readers: stored as a string
+    dtype; labels of any integer width are stored as int8. Anything else is refused."""
+    images = clear_stack(2)
+    ds, _ = filter_images(images, np.array([0, 3], dtype=np.int64), np.array(["a", "b"], object))
+    assert ds["id"].dtype.kind == "U" and ds["id"].values.tolist() == ["a", "b"]
+    assert ds["label"].dtype == np.int8 and ds["label"].values.tolist() == [0, 3]
+    ds, _ = filter_images(images, np.array([1, 2], dtype=np.uint16), ids_for(2))
+    assert ds["label"].dtype == np.int8 and ds["id"].dtype.kind == "U"
+    with pytest.raises(ValueError, match="ids must be strings, got dtype object"):
+        filter_images(images, np.array([0, 1]), np.array([7, "b"], object))
+    with pytest.raises(ValueError, match="labels must be integers, got dtype float64"):
+        filter_images(images, np.array([0.0, 1.0]), ids_for(2))
+
+
+def test_the_filtered_dataset_records_the_rule_it_was_filtered_with() -> None:
+    ds, _ = filter_images(clear_stack(1), np.array([0]), ids_for(1))
+    assert {k: ds.attrs[k] for k in (
+        "cloud_policy", "blank_max_value", "cloud_blue_min", "cloud_thermal_max",
+        "cloud_max_fraction", "cloud_rule",
+    )} == {
+        "cloud_policy": "flag",
+        "blank_max_value": 1,
+        "cloud_blue_min": 77,
+        "cloud_thermal_max": 190,
+        "cloud_max_fraction": 0.05,
+        "cloud_rule": "pixel cloudy when B2 >= 77 and mean(B10, B11) <= 190 (8-bit); image "
+        "cloudy when cloudy fraction > 0.05",
+    }  # fmt: skip

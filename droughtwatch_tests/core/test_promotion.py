@@ -144,3 +144,78 @@ def test_majority_baseline_rejects_bad_labels():
         majority_baseline([0, 4], majority_class=0)
     with pytest.raises(ValueError, match="at least one label"):
         majority_baseline([], majority_class=0)
+
+
+@pytest.mark.parametrize(
+    ("who", "match"),
+    [
+        ("challenger-accuracy", "challenger metrics lack 'accuracy'"),
+        ("majority-metric", "majority-class baseline metrics lack 'macro_f1'"),
+        ("majority-accuracy", "majority-class baseline metrics lack 'accuracy'"),
+        ("champion", "champion metrics lack 'macro_f1'"),
+    ],
+)
+def test_a_missing_metric_names_whose_it_is(who, match):
+    """Each side's missing metric is named with the side it is missing from."""
+    args = {
+        "challenger": {"accuracy": 0.7, "macro_f1": 0.4},
+        "champion": None,
+        "majority": {"accuracy": 0.6, "macro_f1": 0.19},
+    }
+    if who == "challenger-accuracy":
+        args["challenger"] = {"macro_f1": 0.4}
+    elif who == "majority-metric":
+        args["majority"] = {"accuracy": 0.6}
+    elif who == "majority-accuracy":
+        args["majority"] = {"macro_f1": 0.19}
+    else:
+        args["champion"] = {"accuracy": 0.7}
+    with pytest.raises(ValueError, match=match):
+        promotion_gate(**args)
+
+
+def test_zero_margin_tolerance_and_slack_are_allowed_and_each_negative_one_is_not():
+    decision = promotion_gate(
+        challenger={"accuracy": 0.60, "macro_f1": 0.19},
+        champion={"accuracy": 0.60, "macro_f1": 0.19},
+        majority={"accuracy": 0.60, "macro_f1": 0.19},
+        margin=0.0, tolerance=0.0, accuracy_slack=0.0,
+    )  # fmt: skip
+    assert decision.promote
+    for name in ("margin", "tolerance", "accuracy_slack"):
+        with pytest.raises(ValueError, match="must be >= 0"):
+            promotion_gate(challenger=GOOD, champion=None, majority=MAJORITY, **{name: -0.01})
+
+
+def test_the_reason_lists_every_rule_in_order():
+    """Promoted: all three passes, '; '-joined; refused: every failure, '; '-joined."""
+    promoted = promotion_gate(
+        challenger={"accuracy": 0.70, "macro_f1": 0.40},
+        champion=None,
+        majority={"accuracy": 0.60, "macro_f1": 0.19},
+    )
+    assert promoted.reason == (
+        "promoted: macro_f1 0.4000 >= majority 0.1900 + margin 0.10; "
+        "accuracy 0.7000 >= majority 0.6000 - 0.25; no champion yet"
+    )
+    refused = promotion_gate(
+        challenger={"accuracy": 0.30, "macro_f1": 0.20},
+        champion={"accuracy": 0.70, "macro_f1": 0.40},
+        majority={"accuracy": 0.60, "macro_f1": 0.19},
+    )
+    assert refused.reason == (
+        "refused: macro_f1 0.2000 is below majority-class 0.1900 + margin 0.10 = 0.2900; "
+        "accuracy 0.3000 is below majority-class accuracy 0.6000 - slack 0.25 = 0.3500; "
+        "macro_f1 0.2000 is worse than the champion's 0.4000 (tolerance 0.00)"
+    )
+
+
+def test_majority_class_must_be_one_of_the_classes():
+    with pytest.raises(ValueError, match=r"majority class 4 is not in 0..3"):
+        majority_baseline([0, 1], majority_class=4)
+    with pytest.raises(ValueError, match=r"majority class -1 is not in 0..3"):
+        majority_baseline([0, 1], majority_class=-1)
+    assert majority_baseline([3, 3, 0, 1], majority_class=3) == {
+        "accuracy": 0.5,
+        "macro_f1": pytest.approx(2 * 0.5 / 1.5 / 4),
+    }

@@ -477,17 +477,23 @@ def stand_in_references(label_reference, val_accuracy):
     validation accuracy; NDVI/NDMI references 0..0.99 and 0..0.495 (100 evenly spread)."""
 
     class StandInReferences:
+        """Asked for the references of the model that made the predictions: the stand-in
+        champion's variant and version, read back from the predictions file."""
+
         def __init__(self, tracking):
             pass
 
         def profiles(self, variant, version):
+            assert (variant, version) == ("baseline", "7")
             hundred = np.arange(100) / 100
             return list(label_reference), reference_profile(hundred), reference_profile(hundred / 2)
 
         def inputs(self, variant, version):
+            assert (variant, version) == ("baseline", "7")
             return {}, {}
 
         def validation(self, variant, version):
+            assert (variant, version) == ("baseline", "7")
             return val_accuracy, 0.5
 
     return StandInReferences
@@ -768,6 +774,15 @@ def test_promotion_gate_passes_the_first_good_model_and_serving_follows(trained_
     assert "serving_model" in materialized(trained)
     serving = instance.get_latest_materialization_event(dg.AssetKey("serving_model"))
     assert serving.tags["dagster/data_version"] == "droughtwatch-baseline/1"
+    shown = {k: getattr(v, "value", v) for k, v in serving.asset_materialization.metadata.items()}
+    assert shown.pop("path").endswith("/lake/serving_model.json") and shown.pop("stored_bytes") > 0
+    assert shown == {
+        "model_name": "droughtwatch-baseline",
+        "variant": "baseline",
+        "version": "1",
+        # The embedded store's UI (droughtwatch mlflow-ui), on the registered version's page.
+        "registry": "http://127.0.0.1:5000/#/models/droughtwatch-baseline/versions/1",
+    }
 
 
 def test_promotion_gate_refuses_a_challenger_worse_than_the_champion_measured_again(
