@@ -156,3 +156,19 @@ def test_sample_mean_ndvi(sample: DecodedShard) -> None:
     assert float(ds["ndvi_mean"].mean()) == pytest.approx(0.251, abs=0.005)
     # Every real denominator is >= 0.5, so the guard never fires on the sample.
     assert float(ds["evi_guarded_fraction"].max()) == 0.0
+
+
+def test_band_means_by_hand():
+    """Per image, each band's mean over its 4,225 pixels: constant bands give their value; a
+    band with one pixel at 255 and the rest 0 gives 255 / 4225 = 0.060355."""
+    from droughtwatch_assets.core.indices import band_means_of
+
+    images = np.zeros((2, 11, SIDE, SIDE), np.uint8)
+    images[0] = np.arange(11, dtype=np.uint8)[:, None, None] * 20  # band b is 20 * b everywhere
+    images[1, B5, 0, 0] = 255
+    means = band_means_of(images)
+    assert means.shape == (2, 11) and means.dtype == np.float32
+    assert means[0].tolist() == [20.0 * b for b in range(11)]
+    assert means[1, B5] == pytest.approx(0.060355, abs=1e-6)
+    assert means[1].sum() == pytest.approx(0.060355, abs=1e-6)
+    assert band_means_of(np.full((1, 11, SIDE, SIDE), 255, np.uint8))[0].tolist() == [255.0] * 11
