@@ -203,19 +203,6 @@ def ingested_keys(
 BACKENDS = ("onnx", "keras")  # onnx is what scoring runs by default
 
 
-def load_backend(tracking: Any, version: str, backend: str, folder: Path) -> Any:
-    """The champion as `batch_predictions` loads it: the ONNX export in onnxruntime, or the Keras
-    model through MLflow."""
-    if backend == "onnx":
-        from droughtwatch_assets.core.portable import OnnxModel
-
-        path = tracking.download_onnx(VARIANT, version, folder)
-        if path is None:
-            raise BenchmarkError(f"{VARIANT} version {version} has no ONNX export")
-        return OnnxModel(path)
-    return tracking.load_model(VARIANT, version=version)
-
-
 def measure_predictions(
     settings: Any,
     keys: Sequence[str],
@@ -230,8 +217,6 @@ def measure_predictions(
     filtered images and indices read from the lake. Times the model load (the framework already
     imported), the lake reads, the first (cold) call and `repeats` warm passes over all shards.
     `keep`, if given, receives the last pass's probabilities, shard by shard."""
-    import tempfile
-
     from droughtwatch_assets.adapters.storage import open_store
     from droughtwatch_assets.adapters.tracking import (
         Tracking,
@@ -242,6 +227,7 @@ def measure_predictions(
     from droughtwatch_assets.core.imagestack import dataset_from_arrow
     from droughtwatch_assets.core.training import predict_shard
     from droughtwatch_assets.core.variants import get_variant
+    from droughtwatch_assets.defs.inference.assets import Champion
     from droughtwatch_assets.pipeline.lake import FILTERED_IMAGES, SPECTRAL_INDICES, object_key
 
     # Imported before the clock starts: the import is not the model load (the cold-start phase
@@ -254,47 +240,50 @@ def measure_predictions(
     version = tracking.alias_version(variant.name, CHAMPION)
     if version is None:
         raise BenchmarkError(f"{VARIANT} has no champion in {settings.home}: train one first")
-    with tempfile.TemporaryDirectory(prefix="bench-onnx-") as folder:
-        started = time.perf_counter()
-        model = load_backend(tracking, version, backend, Path(folder))
-        load_s = time.perf_counter() - started
+    # Loaded as batch_predictions loads it (the ONNX export in onnxruntime, or Keras).
+    champion = Champion(tracking, variant, version, model_format=backend)
+    started = time.perf_counter()
+    model = champion.model
+    load_s = time.perf_counter() - started
+    if champion.served_format != backend:
+        raise BenchmarkError(f"{VARIANT} version {version} has no {backend} model to load")
 
-        lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
-        started = time.perf_counter()
-        shards = [
-            (
-                dataset_from_arrow(lake.read_bytes(object_key(FILTERED_IMAGES, key))),
-                dataset_from_arrow(lake.read_bytes(object_key(SPECTRAL_INDICES, key))),
-            )
-            for key in keys
-        ]
-        read_s = time.perf_counter() - started
-        images = sum(int(f.sizes["image"]) for f, _ in shards)
+    lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
+    started = time.perf_counter()
+    shards = [
+        (
+            dataset_from_arrow(lake.read_bytes(object_key(FILTERED_IMAGES, key))),
+            dataset_from_arrow(lake.read_bytes(object_key(SPECTRAL_INDICES, key))),
+        )
+        for key in keys
+    ]
+    read_s = time.perf_counter() - started
+    images = sum(int(f.sizes["image"]) for f, _ in shards)
 
-        started = time.perf_counter()
-        first, _ = predict_shard(model, *shards[0], variant)
-        first_call_s = time.perf_counter() - started
+    started = time.perf_counter()
+    first, _ = predict_shard(model, *shards[0], variant)
+    first_call_s = time.perf_counter() - started
 
-        passes = []
-        for rep in range(repeats):
-            started = time.perf_counter()
-            predicted, outputs = 0, []
-            for filtered, indices in shards:
-                probabilities, _ = predict_shard(model, filtered, indices, variant)
-                if probabilities.shape != (filtered.sizes["image"], 4) or not np.allclose(
-                    probabilities.sum(axis=1), 1.0, atol=1e-3
-                ):
-                    raise BenchmarkError(
-                        f"{backend}: predictions of shape {probabilities.shape} for "
-                        f"{filtered.sizes['image']} images, or rows not summing to 1"
-                    )
-                predicted += len(probabilities)
-                outputs.append(probabilities)
-            seconds = time.perf_counter() - started
-            passes.append(seconds)
-            log(f"  {backend} pass {rep + 1}: {predicted:,} predictions in {seconds:.2f} s")
-        if keep is not None:
-            keep[:] = outputs
+    passes = []
+    for rep in range(repeats):
+        started = time.perf_counter()
+        predicted, outputs = 0, []
+        for filtered, indices in shards:
+            probabilities, _ = predict_shard(model, filtered, indices, variant)
+            if probabilities.shape != (filtered.sizes["image"], 4) or not np.allclose(
+                probabilities.sum(axis=1), 1.0, atol=1e-3
+            ):
+                raise BenchmarkError(
+                    f"{backend}: predictions of shape {probabilities.shape} for "
+                    f"{filtered.sizes['image']} images, or rows not summing to 1"
+                )
+            predicted += len(probabilities)
+            outputs.append(probabilities)
+        seconds = time.perf_counter() - started
+        passes.append(seconds)
+        log(f"  {backend} pass {rep + 1}: {predicted:,} predictions in {seconds:.2f} s")
+    if keep is not None:
+        keep[:] = outputs
     rates = [images / s for s in passes]
     return {
         "backend": backend,
