@@ -32,7 +32,11 @@ from droughtwatch_assets.core.promotion import promotion_gate
 from droughtwatch_assets.core.tfrecord import read_shard
 from droughtwatch_assets.pipeline.batching import batch_size
 from droughtwatch_assets.pipeline.discovery import DiscoveryCursor, Found, discover
-from droughtwatch_assets.pipeline.monitoring import quality_shares, training_reference
+from droughtwatch_assets.pipeline.monitoring import (
+    input_reference,
+    quality_shares,
+    training_reference,
+)
 from droughtwatch_assets.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -334,6 +338,72 @@ def test_references_are_val_predictions_and_training_shards_mean_ndvi_ndmi(tmp_p
     assert (ndmi["quantiles"][0], ndmi["quantiles"][100]) == pytest.approx((-1 / 3, 1 / 3))
     assert reference["quality"] == pytest.approx(
         {"blank_share": 0.2, "cloudy_share": 0.0, "evi_guarded_share": 0.0}
+    )
+
+
+def test_input_reference_pools_every_training_shard_and_keeps_only_shared_inputs(tmp_path):
+    """The reference of a model trained on two shards: one ingested today (band means and
+    indices), one ingested before band means existed (indices only). Inputs every shard has
+    are pooled over both; the bands, missing from one, are left out. Quality shares are over
+    all records and kept images."""
+    from droughtwatch_assets.core.tfrecord import BANDS, encode_shard
+    from droughtwatch_assets.pipeline import lake
+    from droughtwatch_assets.pipeline.ingest import filter_shard, shard_indices, validate_raw_shard
+
+    store = LocalStore(tmp_path)
+
+    def put(key, images, labels, *, band_means=True):
+        report, decoded = validate_raw_shard(
+            encode_shard(images, labels), key, source="s", source_version="v"
+        )
+        filtered, _ = filter_shard(decoded)
+        indices = shard_indices(filtered)
+        if not band_means:
+            indices = indices.drop_vars([f"{b}_mean" for b in BANDS])
+        lake.write(store, lake.RAW_TFRECORDS, key, report.to_dict())
+        lake.write(store, lake.FILTERED_IMAGES, key, filtered)
+        lake.write(store, lake.SPECTRAL_INDICES, key, indices)
+
+    # Today's shard: five records, one blank; B4 = 50, B5 = 50, 75, 150, 200: NDVI 0, 0.2,
+    # 0.5, 0.6. Warm (B10 = B11 = 205) and dim blue (B2 = 0): clear, EVI denominators > 0.
+    today = np.zeros((5, 11, SIDE, SIDE), dtype=np.uint8)
+    today[:4, B4], today[:4, B6], today[:4, B10], today[:4, B11] = 50, 100, 205, 205
+    for i, b5 in enumerate((50, 75, 150, 200)):
+        today[i, B5] = b5
+    put("train/part-r-00000", today, [0, 1, 2, 3, 0])
+    # The older shard: three images, B5 = 100 and B4 = 50, NDVI 1/3. The first is a cloud:
+    # bright blue B2 = 120 and cold B10 = B11 = 190 everywhere, and its EVI denominator
+    # 100 + 6 x 50 - 7.5 x 120 + 255 = -245 (raw units) is below 0.1 x 255: EVI-guarded.
+    older = np.zeros((3, 11, SIDE, SIDE), dtype=np.uint8)
+    older[:, B4], older[:, B5], older[:, B6], older[:, B10], older[:, B11] = 50, 100, 100, 205, 205
+    older[0, B2], older[0, B10], older[0, B11] = 120, 190, 190
+    put("train/part-r-00001", older, [1, 1, 2], band_means=False)
+
+    inputs, quality = input_reference(store, ["train/part-r-00000", "train/part-r-00001"])
+    assert set(inputs) == {"ndvi", "ndmi", "evi"}  # B1..B11 are not in the older shard
+    assert {f: p["count"] for f, p in inputs.items()} == {"ndvi": 7, "ndmi": 7, "evi": 7}
+    ndvi = inputs["ndvi"]["quantiles"]
+    # 0, 0.2, 1/3, 1/3, 1/3, 0.5, 0.6: both shards pooled
+    assert (ndvi[0], ndvi[50], ndvi[100]) == pytest.approx((0.0, 1 / 3, 0.6))
+    # One blank record of eight; one cloudy and EVI-guarded image of the seven kept.
+    assert quality == pytest.approx(
+        {"blank_share": 1 / 8, "cloudy_share": 1 / 7, "evi_guarded_share": 1 / 7}
+    )
+
+    # Only today's shard: every input, the bands' per-image means included (B5 of the four
+    # kept images: 50, 75, 150, 200).
+    inputs, quality = input_reference(store, ["train/part-r-00000"])
+    assert set(inputs) == {*BANDS, "ndvi", "ndmi", "evi"}
+    b5 = inputs["B5"]["quantiles"]
+    assert inputs["B5"]["count"] == 4
+    assert (b5[0], b5[100]) == pytest.approx((50.0, 200.0))
+    assert quality == pytest.approx(
+        {"blank_share": 1 / 5, "cloudy_share": 0.0, "evi_guarded_share": 0.0}
+    )
+    # No training shards at all: no profiles, and zero shares rather than a division by zero.
+    assert input_reference(store, []) == (
+        {},
+        {"blank_share": 0.0, "cloudy_share": 0.0, "evi_guarded_share": 0.0},
     )
 
 
