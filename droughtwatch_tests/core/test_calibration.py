@@ -146,11 +146,26 @@ def test_apply_temperature_by_hand():
     scaled = apply_temperature([[0.5, 0.25, 0.25, 0.0]], 2.0)
     assert scaled.dtype == np.float32
     assert scaled[0] == pytest.approx([0.414214, 0.292893, 0.292893, 5.9e-7], abs=1e-6)
+    # A probability of 0 is floored at 1e-12 first, so a temperature lifts it too:
+    # sqrt(1e-12) / 1.7071 = 5.858e-7, not 0.
+    assert scaled[0, 3] == pytest.approx(5.858e-7, rel=1e-3)
+    # At T = 100 a one-hot row is nearly flat: 1e-12 ** 0.01 = 0.758578 for each zero, so
+    # 1 / (1 + 3 x 0.758578) = 0.305275 and 0.758578 / 3.275734 = 0.231575.
+    flat = apply_temperature([[1.0, 0.0, 0.0, 0.0]], 100.0)
+    assert flat[0] == pytest.approx([0.305275, 0.231575, 0.231575, 0.231575], abs=1e-6)
     # A temperature near zero makes each row one-hot, row by row (no underflow to NaN when
     # the rows' scales differ by far).
     sharp = apply_temperature([[0.5, 0.25, 0.25, 0.0], [0.0, 0.0, 0.01, 0.99]], 0.0005)
     assert np.array_equal(sharp, np.array([[1, 0, 0, 0], [0, 0, 0, 1]], dtype=np.float32))
     assert apply_temperature(np.empty((0, 4)), 2.0).dtype == np.float32
+
+
+def test_ece_takes_its_number_of_bins():
+    """Confidences 0.9 (right), 0.6 (wrong), 0.7 (right). In 2 bins all three share (0.5, 1]:
+    |2/3 - 0.7333| = 0.0667. In the default 10 they are apart: (0.1 + 0.6 + 0.3) / 3 = 1/3."""
+    p = [[0.9, 0.1, 0, 0], [0.6, 0.4, 0, 0], [0.3, 0.7, 0, 0]]
+    assert expected_calibration_error(p, [0, 1, 1], bins=2) == pytest.approx(1 / 15)
+    assert expected_calibration_error(p, [0, 1, 1]) == pytest.approx(1 / 3)
 
 
 def test_negative_log_likelihood_by_hand():

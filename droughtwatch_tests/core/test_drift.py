@@ -149,6 +149,16 @@ def test_reference_profile_rejects_bad_input():
         ReferenceProfile.from_dict({**good, "bin_fractions": [0.2] * 10})
 
 
+def test_reference_profile_with_one_bin_is_allowed_and_never_drifts():
+    """n_bins = 1 is the smallest valid profile: one bin over everything, fraction 1, so PSI is
+    0 whatever the shard; n_bins = 0 is refused."""
+    one = reference_profile(HUNDRED, n_bins=1)
+    assert one.bin_edges == (-np.inf, np.inf) and one.bin_fractions == (1.0,)
+    assert psi(one, np.array([5.0, 500.0])) == 0.0
+    with pytest.raises(ValueError, match="n_bins"):
+        reference_profile(HUNDRED, n_bins=0)
+
+
 def test_psi_and_wasserstein_of_the_reference_itself_are_zero():
     values = np.random.default_rng(1).normal(0.3, 0.1, 1000)
     ref = reference_profile(values)
@@ -313,6 +323,8 @@ def test_monitoring_row_all_missing_reports_maximum_drift():
     assert row["share_missing_values"] == 1.0
     assert row["prediction_drift"] == JS_DISTANCE_MAX
     assert row["accuracy"] is None
+    # nothing scored, so nothing to estimate from
+    assert row["estimated_accuracy"] is None and row["estimated_macro_f1"] is None
 
 
 @pytest.mark.parametrize(
@@ -401,3 +413,17 @@ def test_input_drift_rows_by_hand():
     assert most_moved(rows[:1]) is None  # PSI 0 is not above 0.2
     with pytest.raises(ValueError, match="B5 is empty"):
         input_drift({"B5": reference_profile(HUNDRED)}, {"B5": np.array([])})
+
+
+def test_input_drift_skips_what_the_shard_lacks_and_carries_on():
+    """An input or a share missing from the shard is skipped, not the end of the list: here
+    the missing ones come first."""
+    from droughtwatch_assets.core.drift import input_drift
+
+    rows = input_drift(
+        {"B7": reference_profile(HUNDRED), "B5": reference_profile(HUNDRED)},
+        {"B5": HUNDRED},
+        {"evi_guarded_share": 0.0, "cloudy_share": 0.1},
+        {"cloudy_share": 0.4},
+    )
+    assert [r["feature"] for r in rows] == ["B5", "cloudy_share"]

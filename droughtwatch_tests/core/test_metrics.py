@@ -59,3 +59,7 @@ def test_bad_input_is_refused() -> None:
         classification_metrics([0, 1], [0, 1, 1])
     with pytest.raises(ValueError, match="majority_class must be 0..3"):
         majority_metrics([0], majority_class=5)
+    with pytest.raises(ValueError, match="majority_class must be 0..3, got 4"):
+        majority_metrics([0], majority_class=4)  # one past the last class
+    with pytest.raises(ValueError, match="majority_class must be 0..3, got -1"):
+        majority_metrics([0], majority_class=-1)
