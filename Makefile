@@ -20,7 +20,7 @@ export UV_PROJECT_ENVIRONMENT := $(VENV)
 CHECKOV := .tools/checkov/bin/checkov
 COMPOSE := docker compose -f docker/docker-compose.yml --env-file docker/.env
 
-.PHONY: install tools browser nannyml-reference demo dev mlflow-ui test lint mutation bench bench-training bench-inference bench-e2e bench-monitoring \
+.PHONY: install tools browser nannyml-reference demo dev mlflow-ui test lint mutation mutation-slow bench bench-training bench-inference bench-e2e bench-monitoring \
 	stack-up stack-down clean
 
 $(UV):
@@ -97,6 +97,15 @@ mutation: install  ## mutation testing of the rule modules within MUTATION_BUDGE
 	timeout --signal=INT --kill-after=60 $(MUTATION_BUDGET) $(BIN)/mutmut run --max-children $$(nproc) \
 	  || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 130 ]; }
 	$(BIN)/python -m droughtwatch_tests.tools.mutation_report
+
+# The registry assets, which only the training tests reach (about 90 s a mutant): mutmut in a
+# copy of the working tree under build/mutation-slow/ ([tool.droughtwatch.mutation-slow]).
+mutation-slow: export DROUGHTWATCH_SAMPLE_SHARD ?= $(abspath $(CURDIR)/../shared/data/droughtwatch-sample/part-r-00012)
+mutation-slow: install  ## mutation testing of the registry against the training tests; docs/testing.md
+	cd "$$($(BIN)/python -m droughtwatch_tests.tools.mutation_slow)" && \
+	{ timeout --signal=INT --kill-after=60 $(MUTATION_BUDGET) $(abspath $(BIN))/mutmut run --max-children $$(nproc) \
+	  || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 130 ]; }; } && \
+	$(abspath $(BIN))/python -m droughtwatch_tests.tools.mutation_report
 
 bench: install  ## ingest benchmark against the earlier approach; writes docs/benchmarks.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.ingest
