@@ -80,7 +80,27 @@ def test_cbpe_by_hand():
     # Classes 2, 3: never predicted nor expected -> 0.
     assert est.f1[0] == pytest.approx(2.8 / 3.7) and est.f1[1] == pytest.approx(1.4 / 2.3)
     assert est.macro_f1 == pytest.approx((2.8 / 3.7 + 1.4 / 2.3) / 4)
-    assert np.isnan(estimate_performance(np.empty((0, 4))).accuracy)
+    assert est.n == 3
+    # Unnormalised rows are normalised first: twice each row gives the same estimates.
+    assert estimate_performance(2 * p) == est
+    empty = estimate_performance(np.empty((0, 4)))
+    assert empty.n == 0 and np.isnan(empty.accuracy) and np.isnan(empty.macro_f1)
+    assert len(empty.f1) == 4 and all(np.isnan(empty.f1))
+    assert empty.confusion == ((0.0,) * 4,) * 4
+
+
+@pytest.mark.parametrize(
+    ("probabilities", "message"),
+    [
+        (np.zeros((2, 3)), r"must be \(n, 4\), got shape \(2, 3\)"),
+        (np.zeros(4), r"must be \(n, 4\), got shape \(4,\)"),
+        ([[0.5, 0.5, np.nan, 0.0]], "finite and non-negative"),  # not finite, none negative
+        ([[1.5, -0.5, 0.0, 0.0]], "finite and non-negative"),  # negative, all finite
+    ],
+)
+def test_probabilities_are_refused_for_each_reason_alone(probabilities, message):
+    with pytest.raises(ValueError, match=message):
+        estimate_performance(probabilities)
 
 
 def test_cbpe_matches_the_metrics_of_labels_drawn_from_calibrated_probabilities():

@@ -710,6 +710,47 @@ def test_store_predictions_counts_every_row_off_including_nan(tmp_path):
     }  # fmt: skip
 
 
+def test_predictions_frame_has_the_earlier_projects_columns():
+    """ID, P_0..P_3, label (the argmax), P_label (its probability), then the model."""
+    from droughtwatch_assets.defs.inference.assets import predictions_frame
+
+    probabilities = np.array([[0.1, 0.6, 0.2, 0.1], [0.7, 0.1, 0.1, 0.1]])
+    frame = predictions_frame(np.array(["a", "b"]), probabilities, "droughtwatch-x", "4")
+    columns = ["ID", "P_0", "P_1", "P_2", "P_3", "label", "P_label", "model_name", "model_version"]
+    assert list(frame.columns) == columns
+    assert frame["ID"].tolist() == ["a", "b"]
+    assert frame["label"].tolist() == [1, 0] and frame["label"].dtype == np.int8
+    assert frame["P_label"].tolist() == [0.6, 0.7]
+    assert set(frame["model_name"]) == {"droughtwatch-x"} and set(frame["model_version"]) == {"4"}
+    empty = predictions_frame(np.array([], dtype=str), np.empty((0, 4)), "droughtwatch-x", "4")
+    assert list(empty.columns) == columns and len(empty) == 0
+    assert empty["label"].dtype == np.int8
+
+
+def test_store_predictions_reports_the_format_that_served(tmp_path):
+    """The materialization is the shard's own (its partition), names the stored file and its
+    size, and reports the format that actually scored, else the one asked for."""
+    from droughtwatch_assets.adapters.storage import LocalStore
+    from droughtwatch_assets.defs.inference.assets import store_predictions
+
+    store = LocalStore(tmp_path)
+    good = np.array([CONFIDENT_0] * 3)
+    fell_back = FakeChampion(served_format="keras", model_format="onnx")
+    _, [materialization, *_] = store_predictions("d/k", kept_images(3), good, fell_back, store)
+    assert materialization.asset_key == dg.AssetKey("batch_predictions")
+    assert materialization.partition == "d/k"
+    assert materialization.metadata["model_format"].value == "keras"
+    path = materialization.metadata["path"].value
+    assert path.endswith("batch_predictions/d/k.parquet")
+    assert (
+        materialization.metadata["stored_bytes"].value
+        == (tmp_path / "batch_predictions/d/k.parquet").stat().st_size
+    )
+    not_loaded = FakeChampion(served_format=None, model_format="onnx")
+    _, [materialization, *_] = store_predictions("d/k", kept_images(3), good, not_loaded, store)
+    assert materialization.metadata["model_format"].value == "onnx"
+
+
 def test_store_predictions_with_a_row_missing_fails_the_row_count_check(tmp_path):
     from droughtwatch_assets.adapters.storage import LocalStore
     from droughtwatch_assets.defs.inference.assets import store_predictions
