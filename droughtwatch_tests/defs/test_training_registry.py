@@ -7,6 +7,7 @@ MLflow store (SQLite under the test's home) and the real metrics database.
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -152,11 +153,28 @@ def test_baseline_trains_registers_and_is_promoted(settings, instance, corpus):
     assert version.tags["val_macro_f1"] == f"{trained['val_macro_f1']:.4f}"
     assert version.tags["corpus_fingerprint"] == corpus_meta["fingerprint"]
     assert version.tags["dagster_run_id"] == result.run_id
+    # Its ONNX export, stored at registration, carries the fitted temperature, not 1.
+    from droughtwatch_assets.core.portable import OnnxModel
+
+    assert trained["temperature"] != pytest.approx(1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        onnx_path = t.download_onnx("baseline", "1", Path(tmp))
+        assert OnnxModel(onnx_path).temperature == pytest.approx(trained["temperature"])
     # The decision is in the metrics database with its numbers and reason.
     engine = metricsdb.connect(metricsdb.database_url(settings))
     [row] = metricsdb.promotion_history(engine, "droughtwatch-baseline")
     assert row["promoted"] and row["challenger_version"] == "1"
     assert row["champion_version"] is None and row["dagster_run_id"] == result.run_id
+
+
+def test_serving_metadata_links_the_registry_only_when_it_has_a_page():
+    from droughtwatch_assets.defs.registry.assets import serving_metadata
+
+    assert serving_metadata("droughtwatch-baseline", "baseline", "3", None) == {
+        "model_name": "droughtwatch-baseline", "variant": "baseline", "version": "3",
+    }  # fmt: skip
+    linked = serving_metadata("droughtwatch-baseline", "baseline", "3", "http://h/#/models/x")
+    assert linked["registry"] == dg.MetadataValue.url("http://h/#/models/x")
 
 
 def test_untrained_dummy_is_refused(settings, instance, corpus):
@@ -180,9 +198,10 @@ def test_worse_challenger_is_refused_and_champion_stays(settings, instance, corp
     evaluation = gate(result)
     assert not evaluation.passed
     champion_score = evaluation.metadata["champion"].value  # the champion's own, re-measured
-    assert isinstance(champion_score, float) and champion_score > evaluation.metadata[
-        "challenger"
-    ].value
+    assert (
+        isinstance(champion_score, float)
+        and champion_score > evaluation.metadata["challenger"].value
+    )
     t = tracking(settings)
     assert t.alias_version("baseline", "challenger") == "2"
     assert t.alias_version("baseline", "champion") == "1"
