@@ -339,6 +339,13 @@ def test_references_are_val_predictions_and_training_shards_mean_ndvi_ndmi(tmp_p
     assert reference["quality"] == pytest.approx(
         {"blank_share": 0.2, "cloudy_share": 0.0, "evi_guarded_share": 0.0}
     )
+    # Every input's profile, NDVI's the same one as above, and the shards it came from.
+    assert reference["inputs"]["ndvi"] == ndvi and reference["inputs"]["ndmi"] == ndmi
+    assert {"B5", "evi"} <= set(reference["inputs"])
+    assert reference["train_shards"] == [key]
+    # A single val image predicted as class 1: the distribution is (0, 1, 0, 0), all of it.
+    one = training_reference(store, [key], [[0, 1, 0, 0], [0] * 4, [0] * 4, [0] * 4])
+    assert one["predicted_label_distribution"] == [0.0, 1.0, 0.0, 0.0]
 
 
 def test_input_reference_pools_every_training_shard_and_keeps_only_shared_inputs(tmp_path):

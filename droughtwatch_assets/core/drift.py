@@ -65,10 +65,11 @@ def _distribution(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray
     return array / total
 
 
-def _kl_to_mixture(p: np.ndarray, m: np.ndarray) -> float:
-    # 0 * ln(0 / m) = 0 by convention; where p > 0, m >= p / 2 > 0, so the log is finite.
+def _kl_to_mixture(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p || m) with m = (p + q) / 2, as sum p ln(2p / (p + q)): 0 * ln 0 = 0 by convention,
+    and where p > 0, p + q >= p > 0. (Halving first would underflow a subnormal p + q to 0.)"""
     mask = p > 0
-    return float(np.sum(p[mask] * np.log(p[mask] / m[mask])))
+    return float(np.sum(p[mask] * np.log(2 * p[mask] / (p[mask] + q[mask]))))
 
 
 def js_distance(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray) -> float:
@@ -83,8 +84,7 @@ def js_distance(p: Sequence[float] | np.ndarray, q: Sequence[float] | np.ndarray
     q_arr = _distribution(q, "q")
     if p_arr.shape != q_arr.shape:
         raise ValueError(f"p has {p_arr.size} bins but q has {q_arr.size}")
-    m = (p_arr + q_arr) / 2
-    divergence = (_kl_to_mixture(p_arr, m) + _kl_to_mixture(q_arr, m)) / 2
+    divergence = (_kl_to_mixture(p_arr, q_arr) + _kl_to_mixture(q_arr, p_arr)) / 2
     # Rounding can leave a tiny negative divergence for identical inputs, or one just above ln 2.
     return float(min(math.sqrt(max(divergence, 0.0)), JS_DISTANCE_MAX))
 

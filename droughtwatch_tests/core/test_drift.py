@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -157,6 +158,28 @@ def test_reference_profile_with_one_bin_is_allowed_and_never_drifts():
     assert psi(one, np.array([5.0, 500.0])) == 0.0
     with pytest.raises(ValueError, match="n_bins"):
         reference_profile(HUNDRED, n_bins=0)
+
+
+def test_a_corrupt_reference_is_refused_for_each_reason_alone():
+    """What a stored profile must be, one broken property at a time: quantiles that dip once
+    between neighbours, edges that do not start at -inf (but end at +inf) or the reverse,
+    a repeated edge, a count of 0. A profile of a single value (count 1) is fine."""
+    good = reference_profile(HUNDRED)
+    quantiles = list(good.quantiles)
+    quantiles[1], quantiles[2] = quantiles[2], quantiles[1]  # one dip, neighbours only
+    with pytest.raises(ValueError, match="non-decreasing"):
+        dataclasses.replace(good, quantiles=tuple(quantiles))
+    edges = good.bin_edges
+    for broken in ((0.0, *edges[1:]), (*edges[:-1], 1e9)):
+        with pytest.raises(ValueError, match="from -inf to \\+inf"):
+            dataclasses.replace(good, bin_edges=broken)
+    repeated = (*edges[:2], edges[1], *edges[3:])  # same length, one edge twice
+    with pytest.raises(ValueError, match="strictly increasing"):
+        dataclasses.replace(good, bin_edges=repeated)
+    with pytest.raises(ValueError, match="count must be positive, got 0"):
+        dataclasses.replace(good, count=0)
+    single = reference_profile(np.array([0.5]))
+    assert single.count == 1 and dataclasses.replace(good, count=1).count == 1
 
 
 def test_psi_and_wasserstein_of_the_reference_itself_are_zero():

@@ -134,6 +134,37 @@ def test_dataset_layout_and_cf_decoding() -> None:
     )
 
 
+def test_dataset_records_its_rules_and_units() -> None:
+    """The indices carry the rules they were made with (README "Spectral indices"), in the
+    README's numbers, so a lake object says how it was computed."""
+    images = np.zeros((1, 11, SIDE, SIDE), dtype=np.uint8)
+    ds = index_dataset(np.array(["a"]), np.array([0]), images)
+    assert ds.attrs["rule_evi_guard"] == "EVI is 0 where its denominator < 0.1"
+    assert ds.attrs["rule_evi_clip"] == "EVI clipped to [-1.0, 1.0]"
+    assert ds.attrs["rule_quantisation"].startswith("stored as int8 round(value * 127)")
+    assert ds.attrs["rule_zero_denominator"] == "NDVI and NDMI are 0 where both bands are 0"
+    assert ds.attrs["rule_scaling"] == "bands scaled to [0, 1] by /255 before every formula"
+    assert ds["ndvi_mean"].attrs["units"] == "1"
+    assert ds["B5_mean"].attrs == {"units": "1", "range": "0..255"}
+    assert ds["evi_guarded_fraction"].attrs["long_name"] == (
+        "fraction of pixels with EVI denominator < 0.1"
+    )
+
+
+def test_more_images_than_one_chunk_match_image_by_image() -> None:
+    """33 images: a full chunk of 32 and a last one of 1, each computed as if alone."""
+    images = np.random.default_rng(3).integers(0, 256, (33, 11, SIDE, SIDE), dtype=np.uint8)
+    images[-1, B2] = 250  # bright blue: the last image's EVI is guarded everywhere it can be
+    together = compute_indices(images)
+    fractions = evi_guarded_fraction(images)
+    for i in (0, 31, 32):
+        alone = compute_indices(images[i : i + 1])
+        for name in ("ndvi", "ndmi", "evi"):
+            np.testing.assert_array_equal(together[name][i], alone[name][0])
+        assert fractions[i] == evi_guarded_fraction(images[i : i + 1])[0]
+    assert fractions[32] > 0
+
+
 def test_quantise_rounds_to_nearest_step() -> None:
     values = np.array([-1.0, -0.5 / 127 - 1e-4, 0.0, 0.4 / 127, 1.0], dtype=np.float32)
     assert quantise(values).tolist() == [-127, -1, 0, 0, 127]
@@ -143,6 +174,8 @@ def test_bad_input_is_rejected() -> None:
     images = np.zeros((2, 11, SIDE, SIDE), dtype=np.uint8)
     with pytest.raises(ValueError, match="uint8"):
         compute_indices(images.astype(np.float32))
+    with pytest.raises(ValueError, match="uint8"):  # right dtype and rank, wrong side
+        compute_indices(np.zeros((2, 11, 64, 64), dtype=np.uint8))
     with pytest.raises(ValueError, match=r"ids must have shape \(2,\)"):
         index_dataset(np.array(["a"]), np.array([0, 0]), images)
     with pytest.raises(ValueError, match="unicode"):
