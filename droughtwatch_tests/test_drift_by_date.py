@@ -35,3 +35,13 @@ def test_one_row_per_drop_date_in_date_order_each_shard_at_its_latest_scoring():
     assert second["shards"] == 1 and second["prediction_drift"] == pytest.approx(0.05)
     assert second["accuracy"] is None and second["models"] == "droughtwatch-baseline v2"
     assert drift_by_drop_date([]) == []
+
+
+def test_a_date_scored_by_two_versions_lists_both():
+    """Two shards of one drop, each last scored by a different version: both are named."""
+    rows = [
+        _row("drops/2024-08-01/part-r-00000", "2", 0.10, 0.1, None),
+        _row("drops/2024-08-01/part-r-00001", "1", 0.20, 0.3, None),
+    ]
+    [day] = drift_by_drop_date(rows)
+    assert day["models"] == "droughtwatch-baseline v1, droughtwatch-baseline v2"
