@@ -89,7 +89,8 @@ test: install tools lint  ## the whole suite
 # Mutation testing (docs/testing.md): mutmut mutates the modules that carry the documented rules
 # ([tool.mutmut] in pyproject.toml) and runs the tests that cover each mutated function, for at
 # most MUTATION_BUDGET seconds. Results accumulate in mutants/: the next run carries on where
-# the budget ran out and re-tests only functions that changed. The report lists the survivors.
+# the budget ran out (a change to the tests makes mutmut forget its results: docs/testing.md).
+# The report lists the survivors.
 # The tests run from a copy in mutants/, so they are told where the sample shard is.
 MUTATION_BUDGET ?= 3600
 mutation: export DROUGHTWATCH_SAMPLE_SHARD ?= $(abspath $(CURDIR)/../shared/data/droughtwatch-sample/part-r-00012)

@@ -10,8 +10,9 @@ under `build/mutation-slow/` (its own `mutants/`, so the two runs never mix):
   by `[tool.droughtwatch.mutation-slow]`'s.
 
 The Makefile then runs mutmut there within MUTATION_BUDGET seconds, and `mutation_report`.
-Results accumulate in the copy like `make mutation`'s: the next run carries on, re-testing only
-functions that changed. About 90 s a mutant on 2 cores.
+Results accumulate in the copy like `make mutation`'s: the next run carries on where the budget
+ran out, unless the tests changed (mutmut then forgets its results: docs/testing.md). About
+90 s a mutant on 2 cores.
 """
 
 from __future__ import annotations
