@@ -93,20 +93,19 @@ test: install tools lint  ## the whole suite
 # The report lists the survivors.
 # The tests run from a copy in mutants/, so they are told where the sample shard is.
 MUTATION_BUDGET ?= 3600
-mutation: export DROUGHTWATCH_SAMPLE_SHARD ?= $(abspath $(CURDIR)/../shared/data/droughtwatch-sample/part-r-00012)
+# mutmut within the budget, in the current directory; running out of budget is not a failure.
+MUTMUT_RUN = { timeout --signal=INT --kill-after=60 $(MUTATION_BUDGET) \
+	  $(abspath $(BIN))/mutmut run --max-children $$(nproc) || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 130 ]; }; }
+mutation mutation-slow: export DROUGHTWATCH_SAMPLE_SHARD ?= $(abspath $(CURDIR)/../shared/data/droughtwatch-sample/part-r-00012)
 mutation: install  ## mutation testing of the rule modules within MUTATION_BUDGET s; docs/testing.md
-	timeout --signal=INT --kill-after=60 $(MUTATION_BUDGET) $(BIN)/mutmut run --max-children $$(nproc) \
-	  || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 130 ]; }
+	$(MUTMUT_RUN)
 	$(BIN)/python -m droughtwatch_tests.tools.mutation_report
 
 # The registry assets, which only the training tests reach (about 90 s a mutant): mutmut in a
 # copy of the working tree under build/mutation-slow/ ([tool.droughtwatch.mutation-slow]).
-mutation-slow: export DROUGHTWATCH_SAMPLE_SHARD ?= $(abspath $(CURDIR)/../shared/data/droughtwatch-sample/part-r-00012)
 mutation-slow: install  ## mutation testing of the registry against the training tests; docs/testing.md
-	cd "$$($(BIN)/python -m droughtwatch_tests.tools.mutation_slow)" && \
-	{ timeout --signal=INT --kill-after=60 $(MUTATION_BUDGET) $(abspath $(BIN))/mutmut run --max-children $$(nproc) \
-	  || { rc=$$?; [ $$rc = 124 ] || [ $$rc = 130 ]; }; } && \
-	$(abspath $(BIN))/python -m droughtwatch_tests.tools.mutation_report
+	cd "$$($(BIN)/python -m droughtwatch_tests.tools.mutation_slow)" && $(MUTMUT_RUN) && \
+	  $(abspath $(BIN))/python -m droughtwatch_tests.tools.mutation_report
 
 bench: install  ## ingest benchmark against the earlier approach; writes docs/benchmarks.md
 	$(BIN)/python -m droughtwatch_tests.benchmarks.ingest
