@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from dagster._core.event_api import EventLogRecord
+from dagster._core.events import (
+    AssetCheckEvaluationPlanned,
+    AssetMaterializationPlannedData,
+    DagsterEvent,
+    StepMaterializationData,
+)
+from dagster._core.events.log import EventLogEntry
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._serdes import serialize_value
 
-from droughtwatch_assets import runs
+from droughtwatch_assets import eventlog, runs
 from droughtwatch_assets.eventlog import PooledSqliteEventLogStorage
 
 parts = dg.StaticPartitionsDefinition([f"p{i}" for i in range(5)])
@@ -79,7 +90,7 @@ def test_a_batch_is_one_transaction_per_database(tmp_path):
         class Boom(Exception):
             pass
 
-        original, seen = SqliteEventLogStorage.store_event, []
+        original, seen = PooledSqliteEventLogStorage._store, []
 
         def fail_second(self, event):
             seen.append(event)
@@ -91,7 +102,7 @@ def test_a_batch_is_one_transaction_per_database(tmp_path):
         assert len(instance.all_logs(run_id)) == before + 3 * len(events)
         # A failure part-way through a batch leaves none of it: all or nothing.
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(SqliteEventLogStorage, "store_event", fail_second)
+            patch.setattr(PooledSqliteEventLogStorage, "_store", fail_second)
             with pytest.raises(Boom):
                 storage.store_event_batch(events * 3)
         assert len(instance.all_logs(run_id)) == before + 3 * len(events)
@@ -116,3 +127,159 @@ def test_droughtwatch_home_writes_the_pooled_log_and_keeps_a_users_own_file(tmp_
     (home / "dagster.yaml").write_text(mine)
     runs.prepare_dagster_home()  # the user's own: left alone
     assert (home / "dagster.yaml").read_text() == mine
+
+
+# --- the fast path writes what Dagster writes
+
+shard_parts = dg.StaticPartitionsDefinition([f"s{i}" for i in range(4)])
+
+
+@dg.multi_asset(
+    specs=[dg.AssetSpec("raw", partitions_def=shard_parts, skippable=True),
+           dg.AssetSpec("clean", deps=["raw"], partitions_def=shard_parts, skippable=True)],
+    check_specs=[dg.AssetCheckSpec("valid", asset="raw", blocking=True),
+                 dg.AssetCheckSpec("kept", asset="clean")],
+    partitions_def=shard_parts,
+    can_subset=True,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+)  # fmt: skip
+def shard_like(context):
+    """What process_shards yields: per-partition materializations and check results."""
+    for key in context.partition_keys:
+        bad = key == "s2"
+        yield dg.AssetMaterialization("raw", partition=key, metadata={"records": 81})
+        yield dg.AssetCheckEvaluation(asset_key=dg.AssetKey("raw"), check_name="valid",
+                                      passed=not bad, partition=key, blocking=True,
+                                      description="record 3 bad" if bad else None)  # fmt: skip
+        if not bad:
+            yield dg.AssetMaterialization("clean", partition=key, metadata={"kept": 79})
+            yield dg.AssetCheckEvaluation(asset_key=dg.AssetKey("clean"), check_name="kept",
+                                          passed=True, partition=key,
+                                          severity=dg.AssetCheckSeverity.WARN)  # fmt: skip
+
+
+@dg.asset(check_specs=[dg.AssetCheckSpec("nonempty", asset="summary")])
+def summary():
+    yield dg.MaterializeResult(metadata={"rows": 3})
+    yield dg.AssetCheckResult(check_name="nonempty", passed=True)
+
+
+WRITE_TIMES = {"create_timestamp", "migration_completed"}  # SQLite's clock at the write
+
+
+def _tables(base: Path) -> dict[str, list[tuple]]:
+    """Every row of every table in every database under `base`, run databases named by order of
+    first event, without the columns SQLite fills with the time of the write."""
+    dumped: dict[str, list[tuple]] = {}
+    for path in sorted(base.glob("*.db")):
+        conn = sqlite3.connect(path)
+        name = "index" if path.stem == "index" else "run"
+        for (table,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'"):
+            columns = [row[1] for row in conn.execute(f'PRAGMA table_info("{table}")')
+                       if row[1] not in WRITE_TIMES]  # fmt: skip
+            listed = ", ".join(f'"{column}"' for column in columns)
+            rows = conn.execute(f'SELECT {listed} FROM "{table}" ORDER BY 1').fetchall()
+            dumped.setdefault(f"{name}.{table}", []).extend(rows)
+        conn.close()
+    return dumped
+
+
+def _entry(run_id: str, kind: dg.DagsterEventType, data) -> EventLogEntry:
+    return EventLogEntry(
+        error_info=None, level=10, user_message="", run_id=run_id, timestamp=time.time(),
+        dagster_event=DagsterEvent(kind.value, job_name="ingest_job", event_specific_data=data),
+    )  # fmt: skip
+
+
+def _replayed_events(tmp_path: Path) -> list[list[EventLogEntry]]:
+    """The events of real runs (a range run like a CLI batch with a failed blocking check, single
+    partitions with data-version tags, an unpartitioned check), grouped as Dagster stored them:
+    planned events in batches, the rest one at a time."""
+    with dg.DagsterInstance.ephemeral() as instance:
+        range_run = dg.materialize([shard_like], instance=instance, raise_on_error=False,
+                                   tags={runs.RANGE_START: "s0", runs.RANGE_END: "s3"})  # fmt: skip
+        assert not range_run.success  # s2's blocking check failed
+        run_ids = [range_run.run_id]
+        for key in ("s1", "s3"):
+            run_ids.append(
+                dg.materialize([shard_like], instance=instance, partition_key=key).run_id
+            )
+        run_ids.append(dg.materialize([summary], instance=instance).run_id)
+        groups: list[list[EventLogEntry]] = []
+        planned = {dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+                   dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}  # fmt: skip
+        for run_id in run_ids:
+            events = instance.all_logs(run_id)
+            groups.append([e for e in events if e.dagster_event_type in planned])
+            groups.extend([e] for e in events if e.dagster_event_type not in planned)
+    # A CLI batch's run plans its checks per partition (runs.create_run): results update those
+    # rows, partition by partition. A result with no planned row is inserted (Dagster: step
+    # launchers).
+    batch_run = "b0a1c2d3-0000-4000-8000-000000000000"
+    planned_rows = AssetCheckEvaluationPlanned(
+        asset_key=dg.AssetKey("raw"), check_name="valid",
+        partitions_subset=shard_parts.subset_with_partition_keys(["s0", "s1", "s2"]),
+    )  # fmt: skip
+    groups.append([
+        _entry(batch_run, dg.DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED, planned_rows),
+        _entry(batch_run, dg.DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
+               AssetMaterializationPlannedData(dg.AssetKey("raw"), partition="s0")),
+    ])  # fmt: skip
+    for key, passed in (("s0", True), ("s2", False), ("s3", True)):  # s3 was not planned
+        result = dg.AssetCheckEvaluation(asset_key=dg.AssetKey("raw"), check_name="valid",
+                                         passed=passed, partition=key)  # fmt: skip
+        groups.append([_entry(batch_run, dg.DagsterEventType.ASSET_CHECK_EVALUATION, result)])
+    return groups
+
+
+def test_the_fast_path_writes_the_rows_dagsters_storage_writes(tmp_path):
+    groups = _replayed_events(tmp_path)
+    kinds = {e.dagster_event_type for group in groups for e in group}
+    assert kinds >= eventlog.FAST_EVENTS
+    theirs = SqliteEventLogStorage(str(tmp_path / "dagster"))
+    ours = PooledSqliteEventLogStorage(str(tmp_path / "ours"))
+    slow: list[dg.DagsterEventType] = []  # what went through Dagster's own store_event
+    original = SqliteEventLogStorage.store_event
+
+    def watched(self, event):
+        if isinstance(self, PooledSqliteEventLogStorage):
+            slow.append(event.dagster_event_type)
+        return original(self, event)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(SqliteEventLogStorage, "store_event", watched)
+        for group in groups:
+            for storage in (theirs, ours):
+                if len(group) > 1:
+                    storage.store_event_batch(group)
+                elif group:
+                    storage.store_event(group[0])
+    assert slow and not set(slow) & eventlog.FAST_EVENTS
+    theirs.dispose()
+    ours.dispose()
+    expected, written = _tables(tmp_path / "dagster"), _tables(tmp_path / "ours")
+    assert written.keys() == expected.keys()
+    for table in expected:
+        assert written[table] == expected[table], table
+    # The compared rows cover each way a result lands: the batch's planned rows updated one
+    # partition at a time (s1 never reported), a result with no planned row inserted.
+    batch = {row[3]: row[5] for row in expected["index.asset_check_executions"]
+             if row[4] == "b0a1c2d3-0000-4000-8000-000000000000"}  # fmt: skip
+    assert batch == {"s0": "SUCCEEDED", "s1": "PLANNED", "s2": "FAILED", "s3": "SUCCEEDED"}
+    assert [row[3] for row in expected["index.asset_event_tags"]] == ["dagster/data_version"]
+    assert len(expected["index.asset_keys"]) == 3
+
+
+def test_a_last_materialization_is_the_events_own_json_wrapped():
+    event = EventLogEntry(
+        error_info=None, level=10, user_message="", run_id="r", timestamp=1_700_000_000.25,
+        dagster_event=DagsterEvent(
+            dg.DagsterEventType.ASSET_MATERIALIZATION.value, job_name="j",
+            event_specific_data=StepMaterializationData(
+                dg.AssetMaterialization("raw", partition="s0",
+                                        metadata={"path": dg.MetadataValue.path("/x"), "n": 1.5})
+            ),
+        ),
+    )  # fmt: skip
+    record = EventLogRecord(storage_id=1234, event_log_entry=event)
+    assert eventlog._record_json(serialize_value(event), 1234) == serialize_value(record)
