@@ -144,6 +144,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._has_index_cols: bool | None = None
         self._tables: set[str] = set()
         self._statements: _Statements | None = None
+        self._connections: dict[str, db.engine.Connection] = {}
         # Dagster hands planned events (one per partition of a run) to store_event_batch only
         # when this is set; it is read at each use, so setting it here covers this process.
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
@@ -170,18 +171,32 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 self._initialized_dbs.add(shard)
         self._engines[shard] = engine
         while len(self._engines) > MAX_ENGINES:
-            _, oldest = self._engines.popitem(last=False)
-            oldest.dispose()
+            oldest, evicted = self._engines.popitem(last=False)
+            self._close(oldest)
+            evicted.dispose()
         return engine
+
+    def _close(self, shard: str) -> None:
+        conn = self._connections.pop(shard, None)
+        if conn is not None:
+            conn.close()
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[db.engine.Connection]:
+        """A transaction on the shard's connection, which stays open between uses (checking a
+        connection out of SQLAlchemy's pool and back, with its reset, cost as much as the
+        statements of a fast event). The lock keeps one thread on it at a time."""
         held = getattr(self._open, "connections", None)
         if held is not None and shard in held:
             yield held[shard]  # inside store_event_batch: its transaction
             return
-        with self._db_lock, self._engine(shard).connect() as conn, conn.begin():
-            yield conn
+        with self._db_lock:
+            engine = self._engine(shard)
+            conn = self._connections.get(shard)
+            if conn is None or conn.closed or conn.invalidated:
+                conn = self._connections[shard] = engine.connect()
+            with conn.begin():
+                yield conn
 
     def _has_asset_key_index_cols_on_connection(self, conn: db.engine.Connection) -> bool:
         # Dagster inspects the table on every asset event; the columns never go away.
@@ -316,9 +331,15 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     def close_connections(self) -> None:
         """Close every pooled connection; the next use opens new ones."""
         with self._db_lock:
+            for shard in list(self._connections):
+                self._close(shard)
             for engine in self._engines.values():
                 engine.dispose()
             self._engines.clear()
+
+    def wipe(self) -> None:
+        self.close_connections()  # none may go on writing to a deleted run database
+        super().wipe()
 
     def dispose(self) -> None:
         self.close_connections()
