@@ -76,6 +76,22 @@ def test_runs_record_the_same_events_dagsters_own_storage_reads(tmp_path):
     plain.dispose()
 
 
+def test_progress_reads_the_partitions_materialized_since_its_last_look(tmp_path):
+    with _instance(tmp_path) as instance:
+        tags = {runs.RANGE_START: "p0", runs.RANGE_END: "p2"}
+        first = dg.materialize([shard_like_numbers], instance=instance, tags=tags).run_id
+        other = dg.materialize([numbers], instance=instance, partition_key="p4").run_id
+        found, cursor = runs.materialized_since(instance, first, None)
+        assert found == {"p0", "p1", "p2"}  # not p4, another run's
+        assert runs.materialized_since(instance, first, cursor) == (set(), cursor)
+        assert runs.materialized_since(instance, other, None)[0] == {"p4"}
+
+
+@dg.asset(partitions_def=parts, backfill_policy=dg.BackfillPolicy.single_run())
+def shard_like_numbers():
+    return dg.MaterializeResult()  # one materialization per partition of the run's range
+
+
 def test_a_batch_is_one_transaction_per_database(tmp_path):
     with _instance(tmp_path) as instance:
         result = dg.materialize([numbers], instance=instance, partition_key="p0")
