@@ -71,6 +71,10 @@ def generate_corpus(records: int, workers: int) -> tuple[np.ndarray, np.ndarray]
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             pool.map(_generate_chunk, tasks, chunksize=1)
+            # Let the workers exit on their own: the with block's terminate() can kill one while
+            # it holds the task queue's lock, and the pool then waits for ever on the others.
+            pool.close()
+            pool.join()
     else:
         for task in tasks:
             _generate_chunk(task)
