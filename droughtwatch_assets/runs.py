@@ -74,11 +74,17 @@ compute_logs:
   class: LocalComputeLogManager
   config:
     base_dir: {compute_logs}
+# Runs start as forks of a process that has already imported the code, not as a fresh
+# interpreter each (about 3 s sooner; droughtwatch_assets/launcher.py).
+run_launcher:
+  module: droughtwatch_assets.launcher
+  class: ForkingRunLauncher
 # Runs wait in a queue and start {runs} at a time, one per core of the machine that wrote this
 # file (each run is a process that works through its shards); a dequeued run starts within a
 # second.
 run_coordinator:
-  module: dagster._core.run_coordinator
+  # Dagster's, which in the daemon also starts the run launcher's warm process.
+  module: droughtwatch_assets.launcher
   class: QueuedRunCoordinator
   config:
     dequeue_interval_seconds: 1
@@ -288,7 +294,7 @@ def _code_location(dagster_home: str):
     return InProcessCodeLocation(origin, instance=instance())
 
 
-def _process_start(pid: int) -> str | None:
+def process_start(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), to tell a reused pid apart."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -299,7 +305,7 @@ def _process_start(pid: int) -> str | None:
 
 def worker_tag(pid: int | None = None) -> str:
     pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_process_start(pid) or '-'}"
+    return f"{socket.gethostname()}:{pid}:{process_start(pid) or '-'}"
 
 
 def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
@@ -322,7 +328,7 @@ def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
         pid, _, started = rest.partition(":")
         if worker_host != host or not pid.isdigit():
             continue
-        if _process_start(int(pid)) == started and started != "-":
+        if process_start(int(pid)) == started and started != "-":
             continue  # still running
         inst.report_run_failed(
             run,
@@ -470,7 +476,7 @@ def _exit_with(command: str) -> None:
     _, pid, started = command.rsplit(":", 2)
     if started == "-":
         return  # no /proc to tell (not Linux): the worker ends with its run
-    while _process_start(int(pid)) == started:
+    while process_start(int(pid)) == started:
         time.sleep(0.5)
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -497,21 +503,65 @@ WORKER_PRELOAD = (
 )
 
 
-def _worker_context() -> Any:
+def worker_context() -> Any:
     """forkserver where there is one (Linux): its server imports the definitions and the
     instance's storage once, in a fresh process, and each worker is a fork of it that starts in
     milliseconds."""
-    if "forkserver" not in multiprocessing.get_all_start_methods():
+    if worker_start_method() != "forkserver":
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(list(WORKER_PRELOAD))
     return context
 
 
+def worker_start_method() -> str:
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+
+
+def stop_workers() -> None:
+    """Stop the fork server (workers it started go on): the next worker starts a new one, which
+    imports the code afresh."""
+    from multiprocessing import forkserver
+
+    forkserver._forkserver._stop()  # noqa: SLF001 (no public way; Python's own tests use it)
+
+
+def launched_worker(instance_ref: str, run_id: str) -> None:
+    """A run worker started by the embedded instance's launcher (droughtwatch_assets.launcher):
+    execute the run as Dagster's run worker does, with the same engine events."""
+    import dagster as dg
+    from dagster._core.events import EngineEventData
+    from dagster._core.instance.ref import InstanceRef
+    from dagster._grpc.impl import core_execute_run
+    from dagster._serdes import deserialize_value
+    from dagster._utils.hosted_user_process import recon_job_from_origin
+    from dagster._utils.interrupts import capture_interrupts
+
+    with (
+        capture_interrupts(),
+        dg.DagsterInstance.from_ref(deserialize_value(instance_ref, InstanceRef)) as inst,
+    ):
+        run = inst.get_run_by_id(run_id)
+        assert run is not None, f"run {run_id} not found"
+        pid = os.getpid()
+        inst.report_engine_event(
+            f"Started process for run (pid: {pid}).", run, EngineEventData.in_process(pid)
+        )
+        try:
+            for _ in core_execute_run(
+                recon_job_from_origin(run.job_code_origin), run, inst, inject_env_vars=True
+            ):
+                pass
+        except BaseException:  # noqa: S110 (core_execute_run recorded it on the run)
+            pass
+        finally:
+            inst.report_engine_event(f"Process for run exited (pid: {pid}).", run)
+
+
 def start_workers() -> None:
     """Start the fork server now, when there is one and more than one core, so its imports
     overlap with what the command does before its first run (listing, creating runs)."""
-    context = _worker_context()
+    context = worker_context()
     if batching.default_parallelism() > 1 and context.get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
@@ -552,7 +602,7 @@ class _Workers:
         self.inst = inst
         self.size = size
         self.progress = progress
-        self.context = _worker_context() if size > 1 else None
+        self.context = worker_context() if size > 1 else None
         if self.context is not None:
             start_workers()
         self.active: dict[Any, list[Any]] = {}  # sentinel -> [process, run_id, batch, seen, cursor]

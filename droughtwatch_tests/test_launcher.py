@@ -1,0 +1,166 @@
+"""The embedded instance's run launcher: runs forked from a warm process, as Dagster's own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import time
+from multiprocessing import forkserver
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from dagster._core.code_pointer import ModuleCodePointer
+from dagster._core.launcher import WorkerStatus
+from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
+
+from droughtwatch_assets import launcher, runs
+from droughtwatch_assets.cli import main
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch, sample_shard_path: Path) -> Path:
+    """A home whose data root holds 40 copies of the real sample shard, discovered."""
+    monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    for i in range(40):
+        target = tmp_path / "data" / "train" / f"part-r-{i:05d}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(sample_shard_path, target)
+    assert main(["discover"]) == 0
+    yield tmp_path
+    runs.stop_workers()  # the next test's server imports its own settings
+
+
+def _launch(keys: list[str]) -> tuple[dg.DagsterInstance, dg.DagsterRun]:
+    inst = runs.instance()
+    run = runs.create_run("ingest_job", keys)
+    inst.launch_run(run.run_id, workspace=None)  # what the daemon does with a dequeued run
+    return inst, run
+
+
+def _wait(inst: dg.DagsterInstance, run_id: str, timeout: float = 120) -> dg.DagsterRun:
+    deadline = time.monotonic() + timeout
+    while True:
+        run = inst.get_run_by_id(run_id)
+        if run.is_finished:
+            return run
+        assert time.monotonic() < deadline, f"run still {run.status} after {timeout} s"
+        time.sleep(0.2)
+
+
+def _engine_messages(inst: dg.DagsterInstance, run_id: str) -> list[str]:
+    return [
+        e.message
+        for e in inst.all_logs(run_id, of_type=dg.DagsterEventType.ENGINE_EVENT)
+        if e.message
+    ]
+
+
+def test_a_launched_run_is_a_fork_that_executes_like_dagsters_run_worker(home):
+    inst, run = _launch(["train/part-r-00000", "train/part-r-00001"])
+    assert isinstance(inst.run_launcher, launcher.ForkingRunLauncher)
+    ended = _wait(inst, run.run_id)
+    assert ended.status == dg.DagsterRunStatus.SUCCESS
+    [started] = [m for m in _engine_messages(inst, run.run_id) if m.startswith("Started process")]
+    pid = int(started.split("pid: ")[1].rstrip(")."))
+    assert pid != os.getpid()
+    assert ended.tags[runs.WORKER_TAG].split(":")[1] == str(pid)  # what health checks read
+    assert any(m == f"Process for run exited (pid: {pid})." for m in _engine_messages(
+        inst, run.run_id))  # fmt: skip
+    done = inst.get_materialized_partitions(dg.AssetKey("spectral_indices"))
+    assert done == {"train/part-r-00000", "train/part-r-00001"}
+    assert inst.run_launcher.check_run_worker_health(ended).status == WorkerStatus.NOT_FOUND
+
+
+def test_a_code_change_starts_a_new_server_before_the_next_run(home, tmp_path, monkeypatch):
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "module.py").write_text("A = 1\n")
+    monkeypatch.setattr(launcher, "PACKAGE", package)
+    inst, first = _launch(["train/part-r-00000"])
+    assert _wait(inst, first.run_id).status == dg.DagsterRunStatus.SUCCESS
+    server = forkserver._forkserver._forkserver_pid
+    assert server is not None
+    _, second = _launch(["train/part-r-00001"])  # nothing changed: the same server
+    assert forkserver._forkserver._forkserver_pid == server
+    assert _wait(inst, second.run_id).status == dg.DagsterRunStatus.SUCCESS
+
+    (package / "module.py").write_text("A = 22\n")  # an edit, as in `dagster dev`
+    _, third = _launch(["train/part-r-00002"])
+    assert forkserver._forkserver._forkserver_pid not in (None, server)
+    assert _wait(inst, third.run_id).status == dg.DagsterRunStatus.SUCCESS
+
+
+def test_terminating_a_launched_run_cancels_it(home):
+    keys = [f"train/part-r-{i:05d}" for i in range(40)]
+    inst, run = _launch(keys)
+    deadline = time.monotonic() + 60
+    # Once its shards are landing (an interrupt before the step's code runs is Dagster's to
+    # honour or drop, as with its own launcher).
+    while not runs.materialized_since(inst, run.run_id, None)[0]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    current = inst.get_run_by_id(run.run_id)
+    assert inst.run_launcher.check_run_worker_health(current).status == WorkerStatus.RUNNING
+    assert inst.run_launcher.terminate(run.run_id)
+    ended = _wait(inst, run.run_id)
+    assert ended.status == dg.DagsterRunStatus.CANCELED
+    done = inst.get_materialized_partitions(dg.AssetKey("spectral_indices"))
+    assert len(done) < len(keys)  # stopped part-way, what landed is kept
+    assert not inst.run_launcher.terminate(run.run_id)  # finished: nothing to do
+
+
+def _run_of(module: str) -> dg.DagsterRun:
+    origin = JobPythonOrigin(
+        "ingest_job",
+        RepositoryPythonOrigin(sys.executable, ModuleCodePointer(module, "defs", os.getcwd())),
+    )
+    return dg.DagsterRun(job_name="ingest_job", run_id="r", job_code_origin=origin)
+
+
+def test_only_this_projects_runs_are_forked():
+    assert launcher.forks_this_run(_run_of(runs.DEFINITIONS_MODULE))
+    assert not launcher.forks_this_run(_run_of("someone_elses.definitions"))
+    assert not launcher.forks_this_run(dg.DagsterRun(job_name="j", run_id="r"))
+
+
+def test_the_source_fingerprint_follows_edits(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    before = launcher.source_fingerprint(tmp_path)
+    assert launcher.source_fingerprint(tmp_path) == before
+    (tmp_path / "a.py").write_text("x = 12\n")
+    assert launcher.source_fingerprint(tmp_path) != before
+    (tmp_path / "b.py").write_text("")
+    assert len(launcher.source_fingerprint(tmp_path)) == 2
+
+
+@pytest.mark.parametrize(
+    ("argv", "daemon"),
+    [
+        (["/venv/bin/dagster-daemon", "run"], True),
+        (["/venv/lib/python3.11/site-packages/dagster/_daemon/__main__.py", "run"], True),
+        (["/venv/bin/dagster-webserver", "-p", "3000"], False),
+        (["/venv/bin/droughtwatch", "discover"], False),
+        ([], False),
+    ],
+)
+def test_the_daemon_is_told_apart_by_its_command(argv, daemon, monkeypatch):
+    monkeypatch.setattr(sys, "argv", argv)
+    assert launcher.in_daemon_process() is daemon
+
+
+def test_the_daemon_starts_the_warm_process_when_it_starts_dequeuing(tmp_path, monkeypatch):
+    monkeypatch.setenv("DROUGHTWATCH_HOME", str(tmp_path))
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    runs.stop_workers()
+    assert forkserver._forkserver._forkserver_pid is None
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/dagster-daemon", "run"])
+    inst = runs.instance()
+    assert isinstance(inst.run_coordinator, launcher.QueuedRunCoordinator)  # the daemon's first
+    deadline = time.monotonic() + 30
+    while forkserver._forkserver._forkserver_pid is None:
+        assert time.monotonic() < deadline, "no warm process 30 s after the daemon started"
+        time.sleep(0.1)
+    runs.stop_workers()
