@@ -805,49 +805,51 @@ def target_rows(report: dict[str, Any]) -> list[list[str]]:
 WHERE_THE_TIME_GOES = """## Where the remaining time goes
 
 Measured on 2026-12-01 on this machine (2 cores) from the runs' own event timestamps, and with
-cProfile for the shares (the profiler inflates Python-heavy code, so its seconds are not used).
+py-spy over the whole process tree for the shares.
 
-**`discover --materialize`, 300 shards, about 17-19 s.** About 3 s pass before the first run:
-the interpreter, the CLI's imports, listing the data root and adding 300 partitions, while the
-worker fork server imports the code location beside them. Creating a run of 150 shards takes
-0.5-1.4 s (Dagster writes its planned events: one per asset and shard). Then two workers run
-150 shards each in about 11 s: **72-77 ms per shard**, where the same shard's data work alone
-(`ingest_one` outside Dagster: read, CRC, decode, filters, indices, Arrow, writes) takes **31 ms**.
-The other 40-45 ms is Dagster recording the shard's 13 events (3 planned materializations,
-3 materializations, 7 check results), about 1.5 ms each through the event log's `store_event`:
-the event serialized two or three times (serdes and JSON), its SQL built through SQLAlchemy, and
-two commits (the run's database and the cross-run index). Before
-`droughtwatch_assets/eventlog.py` each of those writes also opened a new SQLite engine and
-fsynced: about 25 ms per event, which made the CLI slower than the earlier approach.
+**A shard's cost in a run: about 60 ms of a core.** Of it, the data work (`ingest_one`: read,
+CRC, decode, filters, indices, the Arrow encoding with lz4 and the writes) is about 40 ms under
+load, 31 ms alone; the lz4 encoding is a quarter of it and the indices another. Dagster recording
+the shard's events (3 materializations and 7 check results in the run, 3 planned
+materializations when the run is created) is the rest, about 0.6 ms per event now: one
+serialization, prepared SQL and two commits (`droughtwatch_assets/eventlog.py`). Through
+Dagster's own SQLite code each event cost about 2.8 ms (its SQL built and compiled by
+SQLAlchemy for every event, a materialization serialized twice), and before the pooled event
+log about 25 ms.
 
-10x the earlier approach is about 10 s for these 300 shards. With 3 s of fixed start and two
-cores, that leaves about 45 ms of a core per shard; the data work takes 31 ms of it, leaving
-about 1 ms per event where Dagster needs 3-4 times that. Reaching it would take writing
-Dagster's event tables directly, or dropping per-shard events (the per-shard truth the design
-keeps); neither is done.
+**`discover --materialize`, 300 shards, about 16 s.** About 3 s pass before the first run is
+created: the interpreter and the CLI's imports, listing the data root, the fresh home's
+databases, adding 300 partitions and loading the code location in the command's own process
+(to build the runs as the UI does), while the worker fork server imports it beside them on the
+other core. Creating a run of 150 shards takes 0.5-1 s (its 450 planned events), and a worker
+takes about a second from its fork to its first shard (the instance, `RUN_START`, the execution
+plan). Then two workers run 150 shards each in about 9.5 s, and the command reads each shard's
+outcome back from the event log for its table (about 1 s). 10x the earlier approach is about
+10 s here: the two workers' 9.5 s alone nearly fill it, so it would take a shard's data work
+itself to get cheaper, on top of the fixed start; neither is done.
 
-**The drop sensor, 300 shards into `archive/`, about 26-29 s.** From one timed upload: the
-first run was created 8.8 s after the upload (the wait for the next tick, up to the 5 s
-interval, then the daemon adding 300 partitions; the sensor's own evaluation takes 63 ms), the
-second 1.5 s later (the daemon creates runs one after the other, each with its planned events).
-Each run waited about 1.3 s in the queue, then 3.2-3.7 s for its process to start (the run
-worker imports the code location: 1.7 s, of which Dagster 0.65 s and xarray with pandas
-0.43 s), then worked 12 s on its 150 shards at the same per-shard cost as above. `drop_job` runs
-also import TensorFlow and MLflow and load the champion before their first prediction; a lone
-drop is mostly that start-up, its own work is under a second.
+**The drop sensor, 300 shards into `archive/`, about 12 s.** From the timed upload: the sensor's
+next tick came 0.9 s after it (it waits up to the 5 s interval, 2.5 s on average, so this run
+was quicker than most by about 1.5 s), the daemon created the first run 0.9 s after the upload
+and the second 0.85 s later (each with its planned events), the queue started each within a
+second, and a run's worker began 0.25 s after that: it is a fork of a process that has already
+imported the code (`droughtwatch_assets/launcher.py`). With Dagster's default launcher the code
+server spawned a fresh interpreter for each run, 3.2-3.7 s before its first shard. Then each
+worker ran its 150 shards in about 9 s. `drop_job` runs also score and monitor every shard
+(about 33 s for 150 shards each). A lone drop: the wait for the tick (up to 5 s), a second in
+the queue, 0.3 s to start its worker, then about 3 s of run, of which 2.5 s is finding and
+loading the champion (the MLflow registry lookup and the ONNX session) and under a second the
+shard's own work.
 
 **A backfill launched from the UI** waits for the daemon's backfill loop, which runs every 30 s
 (Dagster's `DEFAULT_DAEMON_INTERVAL_SECONDS`, not configurable), before its run is requested and
 again before it is marked complete. Its run is one process (the single-run backfill policy,
 which `dagster asset materialize --partition-range` requires), so one core.
 
-**`score --again`.** The first prediction comes about 10 s after the command starts: each worker
-imports TensorFlow (about 6 s with two importing at once on two cores) and loads the champion.
-Then a worker spends about 117 ms per shard, most of it the model: the champion predicts about
-1,600 images/s using both cores, so an 81-image shard is about 100 ms of one core. The champion's
-own rate is the noisiest figure here (410/s in one run of this benchmark, 1,666/s in the next),
-so the ratio moves with it. Scoring without TensorFlow (ONNX Runtime, issue 14) removes the
-import from every scoring process."""
+**`score --again`.** Scoring loads the champion's ONNX export with ONNX Runtime (no TensorFlow
+in the process): a fresh process reaches its first prediction in about 4.5 s
+(docs/benchmarks-inference.md); then a worker's time per shard is mostly the model. The champion's own rate is the noisiest figure
+here (it moves by a fifth between passes), so the ratio moves with it."""
 
 
 # --- the command line
