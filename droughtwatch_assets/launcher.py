@@ -17,7 +17,8 @@ executes it (``core_execute_run``), with the same engine events.
 - **The first run** after the daemon starts is as quick as the rest: the instance's run
   coordinator (``QueuedRunCoordinator`` below, Dagster's with the same config) starts the warm
   process when the daemon starts, while nothing waits for it.
-- **Other code locations**, and machines without ``fork``: Dagster's own launching, unchanged.
+- **Other code locations**, and machines other than Linux (no forkserver, or no ``/proc`` to
+  tell a worker's process from a later one with its pid): Dagster's own launching, unchanged.
 - **Termination** from the UI sends the worker SIGINT, which Dagster's run worker turns into a
   canceled run, as it does for the code server's termination request; again every 2 s while
   the run goes on, because Dagster drops an interrupt that lands at some points of a step.
@@ -71,9 +72,14 @@ def source_fingerprint(package: Path = PACKAGE) -> tuple:
 
 
 def forks_this_run(run: DagsterRun) -> bool:
-    """A run of this project's code location, on a machine that can fork a warm server."""
+    """A run of this project's code location, on a machine that can fork a warm server and tell
+    its workers' processes apart (Linux: forkserver, and /proc for termination and health)."""
     origin = run.job_code_origin
-    if origin is None or runs.worker_start_method() != "forkserver":
+    if (
+        origin is None
+        or runs.worker_start_method() != "forkserver"
+        or runs.process_start(os.getpid()) is None
+    ):
         return False
     pointer = origin.repository_origin.code_pointer
     return getattr(pointer, "module", None) == runs.DEFINITIONS_MODULE

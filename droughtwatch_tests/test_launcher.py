@@ -126,6 +126,11 @@ def test_only_this_projects_runs_are_forked():
     assert not launcher.forks_this_run(dg.DagsterRun(job_name="j", run_id="r"))
 
 
+def test_without_proc_runs_go_through_dagsters_launcher(monkeypatch):
+    monkeypatch.setattr(runs, "process_start", lambda pid: None)  # as on macOS
+    assert not launcher.forks_this_run(_run_of(runs.DEFINITIONS_MODULE))
+
+
 def test_the_source_fingerprint_follows_edits(tmp_path):
     (tmp_path / "a.py").write_text("x = 1\n")
     before = launcher.source_fingerprint(tmp_path)
