@@ -18,7 +18,7 @@ before) and changes only how they are opened:
   materialization, a check result) are written with prepared SQL on the driver's connection
   instead of statements SQLAlchemy builds and compiles for every event: the same rows in the same
   tables, in a quarter of the time. Their values come from Dagster's own helpers and its columns'
-  own type conversions; ``droughtwatch_tests/defs/test_eventlog.py`` compares every table this
+  own type conversions; ``droughtwatch_tests/test_eventlog.py`` compares every table this
   writes with what Dagster's storage writes for the same events, so a Dagster upgrade that
   changes them fails there. Every other event goes through Dagster's code unchanged.
 

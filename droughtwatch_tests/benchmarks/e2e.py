@@ -848,8 +848,9 @@ which `dagster asset materialize --partition-range` requires), so one core.
 
 **`score --again`.** Scoring loads the champion's ONNX export with ONNX Runtime (no TensorFlow
 in the process): a fresh process reaches its first prediction in about 4.5 s
-(docs/benchmarks-inference.md); then a worker's time per shard is mostly the model. The champion's own rate is the noisiest figure
-here (it moves by a fifth between passes), so the ratio moves with it."""
+(docs/benchmarks-inference.md); then a worker's time per shard is mostly the model. The
+champion's own rate is the noisiest figure here (it moves by a fifth between passes), so the
+ratio moves with it."""
 
 
 # --- the command line
