@@ -285,13 +285,18 @@ def _code_location(dagster_home: str):
     """The droughtwatch code location loaded in this process, named as the UI names it."""
     from dagster._core.remote_origin import InProcessCodeLocationOrigin
     from dagster._core.remote_representation.code_location import InProcessCodeLocation
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
     from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 
     origin = InProcessCodeLocationOrigin(
         LoadableTargetOrigin(module_name=DEFINITIONS_MODULE, working_directory=os.getcwd()),
         location_name=LOCATION_NAME,
     )
-    return InProcessCodeLocation(origin, instance=instance())
+    inst = instance()
+    # Loading reads Dagster's process-wide "current" definitions-state storage, which another
+    # instance entered in this process (and since gone) may have left behind: use this one's.
+    with set_defs_state_storage(inst.defs_state_storage):
+        return InProcessCodeLocation(origin, instance=inst)
 
 
 def process_start(pid: int) -> str | None:

@@ -169,3 +169,22 @@ def test_the_daemon_starts_the_warm_process_when_it_starts_dequeuing(tmp_path, m
         assert time.monotonic() < deadline, "no warm process 30 s after the daemon started"
         time.sleep(0.1)
     runs.stop_workers()
+
+
+def test_runs_are_created_whatever_state_storage_another_instance_left(home, tmp_path):
+    """Dagster keeps a process-wide "current" definitions-state storage that entering an
+    instance sets; one left behind by an instance since collected must not break create_run."""
+    import gc
+
+    from dagster._core.storage.defs_state.base import set_defs_state_storage
+
+    (tmp_path / "other").mkdir()
+    other = dg.DagsterInstance.from_config(str(tmp_path / "other"))
+    stale = other.defs_state_storage
+    other.dispose()
+    del other
+    gc.collect()
+    with set_defs_state_storage(stale):
+        runs._code_location.cache_clear()
+        run = runs.create_run("ingest_job", ["train/part-r-00000"])
+    assert run.tags[runs.TRIGGER_TAG] == "cli"
