@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -141,26 +140,18 @@ class ForkingRunLauncher(RunLauncher, ConfigurableClass):
     def warm(self) -> None:
         """Start the warm process now, in the background, so the first launch need not wait for
         its imports."""
-        if runs.worker_start_method() != "forkserver":
-            return
 
         def start() -> None:
-            from multiprocessing import forkserver
-
             with self._lock:
                 self._fingerprint = source_fingerprint(PACKAGE)
-                runs.worker_context()  # sets what the server imports
-                forkserver.ensure_running()
+                runs.start_fork_server()
 
         threading.Thread(target=start, name="warm run launcher", daemon=True).start()
 
     def _pid(self, run: DagsterRun) -> int | None:
         """The worker's pid, if the process on the run's tag is still that worker."""
-        host, _, rest = run.tags.get(runs.WORKER_TAG, "").partition(":")
-        pid, _, started = rest.partition(":")
-        if not pid.isdigit() or host != socket.gethostname():
-            return None
-        return int(pid) if runs.process_start(int(pid)) == started else None
+        worker = runs.tagged_worker(run.tags.get(runs.WORKER_TAG, ""))
+        return worker[0] if worker is not None and worker[1] else None
 
     def terminate(self, run_id: str) -> bool:
         check.str_param(run_id, "run_id")

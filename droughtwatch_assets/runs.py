@@ -313,6 +313,16 @@ def worker_tag(pid: int | None = None) -> str:
     return f"{socket.gethostname()}:{pid}:{process_start(pid) or '-'}"
 
 
+def tagged_worker(tag: str) -> tuple[int, bool] | None:
+    """The pid a WORKER_TAG names and whether that process still runs (the same pid and start
+    time), or None when the tag names no process on this host."""
+    host, _, rest = tag.partition(":")
+    pid, _, started = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return None
+    return int(pid), started != "-" and process_start(int(pid)) == started
+
+
 def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
     """Mark failed the runs that a process on this host was executing and that process is gone
     (killed, crashed); returns their ids."""
@@ -328,13 +338,10 @@ def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
     )
     for record in records:
         run = record.dagster_run
-        tag = run.tags.get(WORKER_TAG, "")
-        worker_host, _, rest = tag.partition(":")
-        pid, _, started = rest.partition(":")
-        if worker_host != host or not pid.isdigit():
-            continue
-        if process_start(int(pid)) == started and started != "-":
-            continue  # still running
+        worker = tagged_worker(run.tags.get(WORKER_TAG, ""))
+        if worker is None or worker[1]:
+            continue  # not executed on this host, or still running
+        pid = worker[0]
         inst.report_run_failed(
             run,
             f"the droughtwatch process that executed this run (pid {pid} on {host}) is gone: "
@@ -563,14 +570,20 @@ def launched_worker(instance_ref: str, run_id: str) -> None:
             inst.report_engine_event(f"Process for run exited (pid: {pid}).", run)
 
 
-def start_workers() -> None:
-    """Start the fork server now, when there is one and more than one core, so its imports
-    overlap with what the command does before its first run (listing, creating runs)."""
-    context = worker_context()
-    if batching.default_parallelism() > 1 and context.get_start_method() == "forkserver":
+def start_fork_server() -> None:
+    """Start the fork server now, where there is one; it imports WORKER_PRELOAD in its own
+    process while this one goes on."""
+    if worker_context().get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
+
+
+def start_workers() -> None:
+    """Start the fork server now, when there is one and more than one core, so its imports
+    overlap with what the command does before its first run (listing, creating runs)."""
+    if batching.default_parallelism() > 1:
+        start_fork_server()
 
 
 def materialized_since(
