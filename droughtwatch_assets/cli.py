@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import datetime as dt
 import logging
 import os
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -141,11 +143,11 @@ def materialize_shards(settings: Settings, keys: Sequence[str]) -> list[ShardOut
 def discover_and_materialize(
     settings: Settings, *, materialize: bool
 ) -> tuple[list, list, list[ShardOutcome]]:
+    if materialize:
+        runs.start_workers()  # they import while this process imports and lists the data root
     from droughtwatch_assets.defs.partitions import shards
     from droughtwatch_assets.pipeline.discovery import already_ingested_in, full_scan, unique_keys
 
-    if materialize:
-        runs.start_workers()  # they import while the data root is listed
     data = open_store(settings.data_root, endpoint_url=settings.s3_endpoint_url)
     lake = open_store(settings.lake, endpoint_url=settings.s3_endpoint_url)
     found, skipped = full_scan(data, already_ingested=already_ingested_in(lake))
@@ -579,5 +581,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     return args.func(args, Settings.from_env())
 
 
+def entry() -> None:
+    """The console script: `main`, then an exit without Python's teardown of the interpreter.
+    Tearing down the ~1,800 modules Dagster brings costs 0.6-1 s after every command, with
+    nothing left to do: the threads a normal exit waits for are joined, exit handlers run
+    (multiprocessing's, logging's) and output is flushed first. An exception, or argparse's
+    exit, leaves the normal way."""
+    code = main()
+    for thread in threading.enumerate():
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # noqa: SLF001 (what a normal exit calls; no public name)
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:  # `droughtwatch ... | head`
+        code = code or 1
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -14,10 +14,11 @@ before) and changes only how they are opened:
   a power cut may lose the last events, never corrupt the database;
 - ``store_event_batch`` (used by Dagster for planned events when ``DAGSTER_EVENT_BATCH_SIZE`` is
   set) writes a whole batch in one transaction per database;
-- the three events a batched run writes per shard and asset (a materialization, a planned
-  materialization, a check result) are written with prepared SQL on the driver's connection
-  instead of statements SQLAlchemy builds and compiles for every event: the same rows in the same
-  tables, in a quarter of the time. Their values come from Dagster's own helpers and its columns'
+- the events a batched run writes per shard and asset (a materialization, a planned
+  materialization, a check result) and per check (a planned check, one row per partition of the
+  run) are written with prepared SQL on the driver's connection instead of statements SQLAlchemy
+  builds and compiles for every event: the same rows in the same tables, in a quarter of the
+  time. Their values come from Dagster's own helpers and its columns'
   own type conversions; ``droughtwatch_tests/test_eventlog.py`` compares every table this
   writes with what Dagster's storage writes for the same events, so a Dagster upgrade that
   changes them fails there. Every other event goes through Dagster's code unchanged.
@@ -126,7 +127,11 @@ FAST_EVENTS = frozenset(
         DagsterEventType.ASSET_MATERIALIZATION,
         DagsterEventType.ASSET_MATERIALIZATION_PLANNED,
         DagsterEventType.ASSET_CHECK_EVALUATION,
+        DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED,
     }
+)
+CHECK_EVENTS = frozenset(
+    {DagsterEventType.ASSET_CHECK_EVALUATION, DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}
 )
 
 
@@ -237,10 +242,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             dagster_event is None
             or dagster_event.event_type not in FAST_EVENTS
             or not event.run_id  # runless events take Dagster's own path
-            or (
-                dagster_event.asset_key is None
-                and dagster_event.event_type != DagsterEventType.ASSET_CHECK_EVALUATION
-            )
+            or (dagster_event.asset_key is None and dagster_event.event_type not in CHECK_EVENTS)
         ):
             super().store_event(event)
             return
@@ -255,6 +257,9 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         event_id = index_db.execute(sql, params).lastrowid
         if dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION:
             self._store_check_result(index_db, event, row["event"], event_id)
+            return
+        if dagster_event.event_type == DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED:
+            self._store_check_planned(index_db, event, row["event"], event_id)
             return
         if self._tags_for_asset_event(event):
             self._store_asset_event_tags(index, [event], [event_id])
@@ -275,6 +280,32 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         sql, params = statements.update(AssetKeyTable, values, {"asset_key": asset_key})
         if index_db.execute(sql, params).rowcount == 0:
             index_db.execute(*statements.insert(AssetKeyTable, {"asset_key": asset_key, **values}))
+
+    def _store_check_planned(
+        self, index_db: sqlite3.Connection, event: EventLogEntry, event_json: str, event_id: int
+    ) -> None:
+        """Dagster's ``_store_asset_check_evaluation_planned``: one PLANNED row per partition
+        of the run (a batch's whole range), the event serialized once, not once per row."""
+        planned = event.get_dagster_event().event_specific_data
+        subset = planned.partitions_subset
+        statements = self._prepared()
+        rows = [
+            statements.insert(
+                AssetCheckExecutionsTable,
+                {
+                    "asset_key": planned.asset_key.to_string(),
+                    "check_name": planned.check_name,
+                    "partition": partition,
+                    "run_id": event.run_id,
+                    "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+                    "evaluation_event": event_json,
+                    "evaluation_event_timestamp": self._event_insert_timestamp(event),
+                    "evaluation_event_storage_id": event_id,
+                },
+            )
+            for partition in (subset.get_partition_keys() if subset else [None])
+        ]
+        index_db.executemany(rows[0][0], [params for _, params in rows])
 
     def _store_check_result(
         self, index_db: sqlite3.Connection, event: EventLogEntry, event_json: str, event_id: int

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from droughtwatch_assets.pipeline import batching, lake
+from droughtwatch_assets.pipeline import batching
 from droughtwatch_assets.settings import Settings
 
 if TYPE_CHECKING:
@@ -246,6 +246,8 @@ def outcomes(inst: dg.DagsterInstance, run_id: str, keys: Sequence[str]) -> list
 
 def _planned_assets(inst: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
     """The assets a run's plan materializes."""
+    from droughtwatch_assets.pipeline import lake  # pandas and Arrow: not for every command
+
     if not run.execution_plan_snapshot_id:
         return set()
     plan = inst.get_execution_plan_snapshot(run.execution_plan_snapshot_id)
@@ -367,6 +369,7 @@ def create_run(
     *,
     run_config: Mapping[str, Any] | None = None,
     tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
 ) -> dg.DagsterRun:
     """A run of `job_name` over the batch's partitions, created as the UI creates one."""
     from dagster._core.definitions.selector import JobSubsetSelector
@@ -389,7 +392,7 @@ def create_run(
     snapshot = plan.execution_plan_snapshot
     return inst.create_run(
         job_name=job_name,
-        run_id=str(uuid.uuid4()),
+        run_id=run_id or str(uuid.uuid4()),
         run_config=config,
         resolved_op_selection=remote_job.resolved_op_selection,
         step_keys_to_execute=snapshot.step_keys_to_execute,
@@ -441,7 +444,9 @@ def run_batches(
 
     One batch at a time runs in this process. More run in worker processes, forked from a
     clean server process that imported the definitions once (never from this process: it may
-    hold TensorFlow's threads, which do not survive a fork)."""
+    hold TensorFlow's threads, which do not survive a fork). Each worker creates its batch's run
+    (as the UI creates one) and executes it, then sends the batch's outcomes back: this process
+    never imports the definitions, and runs start as soon as the server is ready."""
     from droughtwatch_assets.defs.partitions import shards
 
     inst = instance()
@@ -452,33 +457,48 @@ def run_batches(
         keys, order, max_per_run=settings.shards_per_run, parallel=workers
     )
     pool = _Workers(inst, min(workers, len(batches)), progress)
-    created: dg.DagsterRun | None = None
     try:
         for batch in batches:
-            # Created while the workers are busy, so a worker that frees up starts it at once.
-            created = create_run(job_name, batch, run_config=run_config)
             pool.wait_for_room()
-            pool.start(created, batch)
-            created = None
+            pool.start(job_name, batch, run_config)
         pool.wait_for_room(0)
     finally:
-        if created is not None:  # interrupted before it started: it never ran
-            inst.delete_run(created.run_id)
         pool.stop()
     results: dict[str, ShardOutcome] = {}
-    for run_id, batch in pool.done:
-        for outcome in outcomes(inst, run_id, batch):
+    for run_id, batch, sent in pool.done:
+        for outcome in sent if sent is not None else _outcomes_of(inst, run_id, batch):
             results[outcome.key] = outcome
     return [results[key] for key in keys]
 
 
-def _worker(dagster_home: str, run_id: str, command: str) -> None:
-    """A worker process: execute one created run; die with the command that started it."""
+def _outcomes_of(inst: dg.DagsterInstance, run_id: str, batch: Sequence[str]) -> list:
+    """The outcomes of a run whose worker sent none (it died): from the run's events, or, when
+    it died before it created the run, a failure for each shard."""
+    if inst.get_run_by_id(run_id) is not None:
+        return outcomes(inst, run_id, batch)
+    error = "its worker process ended before it created the run"
+    return [ShardOutcome(key, False, error=error) for key in batch]
+
+
+def _worker(
+    dagster_home: str,
+    command: str,
+    job_name: str,
+    batch: Sequence[str],
+    run_config: Mapping[str, Any] | None,
+    run_id: str,
+    results: Any,
+) -> None:
+    """A worker process: create the batch's run and execute it, then send the batch's outcomes
+    on `results`; die with the command that started it."""
     threading.Thread(target=_exit_with, args=(command,), daemon=True).start()
     os.environ["DAGSTER_HOME"] = dagster_home
-    run = instance().get_run_by_id(run_id)
-    assert run is not None, f"run {run_id} not found"
+    run = create_run(
+        job_name, batch, run_config=run_config, tags={WORKER_TAG: worker_tag()}, run_id=run_id
+    )
     execute(run)
+    results.send(outcomes(instance(), run_id, batch))
+    results.close()
 
 
 def _exit_with(command: str) -> None:
@@ -591,7 +611,8 @@ def materialized_since(
 ) -> tuple[set[str], int | None]:
     """The partitions the run materialized after `cursor` (None: from its start), and the new
     cursor. It reads two columns of Dagster's SQL event log (SQLite or PostgreSQL), not the
-    events: a progress bar's look each second costs next to nothing."""
+    events: a progress bar's look each second costs next to nothing. A run its worker has not
+    created yet has none (and a look never creates its SQLite database: the worker does)."""
     import dagster as dg
     import sqlalchemy as sa
     from dagster._core.storage.event_log.schema import SqlEventLogStorageTable as events
@@ -599,6 +620,9 @@ def materialized_since(
 
     storage = inst.event_log_storage
     assert isinstance(storage, SqlEventLogStorage), type(storage)
+    run = inst.get_run_by_id(run_id)
+    if run is None or run.status == dg.DagsterRunStatus.NOT_STARTED:
+        return set(), cursor  # not created yet, or still being created: nothing to read
 
     query = sa.select(events.c.id, events.c.partition).where(
         events.c.run_id == run_id,
@@ -623,24 +647,37 @@ class _Workers:
         self.context = worker_context() if size > 1 else None
         if self.context is not None:
             start_workers()
-        self.active: dict[Any, list[Any]] = {}  # sentinel -> [process, run_id, batch, seen, cursor]
-        self.done: list[tuple[str, Sequence[str]]] = []
+        self.active: dict[Any, _Entry] = {}  # a worker's sentinel -> its entry
+        self.done: list[tuple[str, Sequence[str], list[ShardOutcome] | None]] = []
         self._lock = threading.Lock()
 
-    def start(self, run: dg.DagsterRun, batch: Sequence[str]) -> None:
+    def start(
+        self, job_name: str, batch: Sequence[str], run_config: Mapping[str, Any] | None
+    ) -> None:
         if self.context is None:
-            self._execute_here(run, batch)
+            self._execute_here(create_run(job_name, batch, run_config=run_config), batch)
             return
+        run_id = str(uuid.uuid4())
+        reader, writer = self.context.Pipe(duplex=False)
         process = self.context.Process(
             target=_worker,
-            args=(os.environ["DAGSTER_HOME"], run.run_id, worker_tag()),
-            name=f"droughtwatch run {run.run_id[:8]}",
+            args=(
+                os.environ["DAGSTER_HOME"],
+                worker_tag(),
+                job_name,
+                list(batch),
+                dict(run_config or {}),
+                run_id,
+                writer,
+            ),
+            name=f"droughtwatch run {run_id[:8]}",
         )
         process.start()
-        self.active[process.sentinel] = [process, run.run_id, batch, set(), None]
+        writer.close()  # the worker holds the only writer: its exit is the reader's end
+        self.active[process.sentinel] = _Entry(process, run_id, batch, reader)
 
     def _execute_here(self, run: dg.DagsterRun, batch: Sequence[str]) -> None:
-        entry = [None, run.run_id, batch, set(), None]
+        entry = _Entry(None, run.run_id, batch, None)
         stop = threading.Event()
 
         def watch() -> None:
@@ -662,43 +699,71 @@ class _Workers:
 
         limit = self.size - free if free else 0
         while len(self.active) > limit:
-            for sentinel in wait(list(self.active), timeout=1.0):
-                entry = self.active.pop(sentinel)
-                entry[0].join()
-                if entry[0].exitcode != 0:
+            readers = {e.reader: e for e in self.active.values() if e.reader is not None}
+            for ready in wait([*readers, *self.active], timeout=1.0):
+                if ready in readers:
+                    readers[ready].receive()
+                    continue
+                entry = self.active.pop(ready)
+                entry.receive()
+                entry.process.join()
+                if entry.process.exitcode != 0:
                     fail_orphaned_runs(self.inst)  # a worker that died mid-run left it started
                 self._finish(entry)
             for entry in self.active.values():
                 self._advance(entry)
 
-    def _advance(self, entry: list[Any]) -> None:
+    def _advance(self, entry: _Entry) -> None:
         """Move the progress bar by the entry's shards that materialized since the last look."""
         if self.progress is None or getattr(self.progress, "disable", False):
             return  # no bar, or one tqdm hides (output is not a terminal)
-        _, run_id, batch, seen, cursor = entry
-        partitions, entry[4] = materialized_since(self.inst, run_id, cursor)
+        partitions, entry.cursor = materialized_since(self.inst, entry.run_id, entry.cursor)
         with self._lock:
-            new = (partitions & set(batch)) - seen
-            seen |= new
+            new = (partitions & set(entry.batch)) - entry.seen
+            entry.seen |= new
             self.progress.update(len(new))
 
-    def _finish(self, entry: list[Any]) -> None:
-        _, run_id, batch, seen, _ = entry
+    def _finish(self, entry: _Entry) -> None:
         if self.progress is not None:
             with self._lock:
-                self.progress.update(len(batch) - len(seen))
-                seen |= set(batch)
-        self.done.append((run_id, batch))
+                self.progress.update(len(entry.batch) - len(entry.seen))
+                entry.seen |= set(entry.batch)
+        self.done.append((entry.run_id, entry.batch, entry.outcomes))
 
     def stop(self) -> None:
         """On an interrupt: end the workers (their runs are then failed as orphaned)."""
         for entry in self.active.values():
-            entry[0].terminate()
+            entry.process.terminate()
         for entry in self.active.values():
-            entry[0].join(10)
+            entry.process.join(10)
         if self.active:
             self.active.clear()
             fail_orphaned_runs(self.inst)
+
+
+@dataclass
+class _Entry:
+    """A batch in flight: its worker (None: this process), run, and what came back so far."""
+
+    process: Any
+    run_id: str
+    batch: Sequence[str]
+    reader: Any  # the worker's end of the outcomes pipe, until it is read
+    seen: set[str] = field(default_factory=set)
+    cursor: int | None = None
+    outcomes: list[ShardOutcome] | None = None
+
+    def receive(self) -> None:
+        """Read the outcomes the worker sent, if it sent any (it may have died instead)."""
+        if self.reader is None:
+            return
+        try:
+            if self.reader.poll():
+                self.outcomes = self.reader.recv()
+        except (EOFError, OSError):
+            pass  # it ended without sending: the outcomes come from its run's events
+        self.reader.close()
+        self.reader = None
 
 
 def run_one(

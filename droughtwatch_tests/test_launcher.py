@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from multiprocessing import forkserver
 from pathlib import Path
@@ -17,6 +20,7 @@ from dagster._core.origin import JobPythonOrigin, RepositoryPythonOrigin
 
 from droughtwatch_assets import launcher, runs
 from droughtwatch_assets.cli import main
+from droughtwatch_assets.settings import Settings
 
 
 @pytest.fixture
@@ -192,3 +196,52 @@ def test_runs_are_created_whatever_state_storage_another_instance_left(home, tmp
         runs._code_location.cache_clear()
         run = runs.create_run("ingest_job", ["train/part-r-00000"])
     assert run.tags[runs.TRIGGER_TAG] == "cli"
+
+
+def test_a_cli_worker_killed_mid_run_fails_only_its_own_batch(home, monkeypatch):
+    """`droughtwatch discover --materialize`'s workers each create and execute one batch's run
+    and send its outcomes back. One killed mid-run (`kill -9`, the OOM killer): the command goes
+    on, the other batches land, the dead one's run is failed and its shards are reported from
+    the run's own events (what landed before the kill is ok, the rest failed)."""
+    keys = [f"train/part-r-{i:05d}" for i in range(40)]
+    inst = runs.instance()
+    started: list = []
+    start = runs._Workers.start
+
+    def recording(self, *args):
+        start(self, *args)
+        started.append(list(self.active.values())[-1])
+
+    monkeypatch.setattr(runs._Workers, "start", recording)
+
+    def kill_the_first_mid_run() -> None:
+        deadline = time.monotonic() + 120
+        while not started or not runs.materialized_since(inst, started[0].run_id, None)[0]:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        os.kill(started[0].process.pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=kill_the_first_mid_run)
+    killer.start()
+    settings = dataclasses.replace(Settings.from_env(), shards_per_run=10)
+    outcomes = runs.run_batches("ingest_job", keys, settings=settings, parallel=2)
+    killer.join()
+
+    assert [o.key for o in outcomes] == keys
+    killed = started[0]
+    assert inst.get_run_by_id(killed.run_id).status == dg.DagsterRunStatus.FAILURE
+    landed = inst.get_materialized_partitions(dg.AssetKey("spectral_indices"))
+    for outcome in outcomes:
+        if outcome.key in killed.batch:
+            assert outcome.ok == (outcome.key in landed), outcome
+        else:
+            assert outcome.ok, outcome
+            assert outcome.key in landed
+    assert not set(killed.batch) <= landed  # it did die mid-run
+    assert len(started) == 4 and all(e.outcomes is not None for e in started[1:])
+
+
+def test_a_worker_that_died_before_its_run_existed_fails_its_shards(home):
+    [outcome] = runs._outcomes_of(runs.instance(), "no-such-run", ["train/part-r-00000"])
+    assert not outcome.ok
+    assert outcome.error == "its worker process ended before it created the run"
