@@ -246,7 +246,7 @@ def outcomes(inst: dg.DagsterInstance, run_id: str, keys: Sequence[str]) -> list
 
 def _planned_assets(inst: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
     """The assets a run's plan materializes."""
-    from droughtwatch_assets.pipeline import lake  # pandas and Arrow: not for every command
+    from droughtwatch_assets.pipeline.layout import UNPARTITIONED
 
     if not run.execution_plan_snapshot_id:
         return set()
@@ -256,7 +256,7 @@ def _planned_assets(inst: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
         for step in plan.steps
         for output in step.outputs
         if output.properties is not None and output.properties.asset_key is not None
-    } - lake.UNPARTITIONED  # materialized once per run, not per partition
+    } - UNPARTITIONED  # materialized once per run, not per partition
 
 
 def _root_cause(error: Any) -> str:

@@ -49,3 +49,22 @@ def test_a_tier_imports_nothing_above_it(tier: str, forbidden: tuple[str, ...]):
     modules = _modules(tier)
     assert len(modules) >= 5, modules
     assert _imported_with(modules, forbidden) == []
+
+
+def test_what_the_command_needs_before_its_workers_start_imports_no_data_libraries():
+    """`droughtwatch discover --materialize` lists the data root and the lake, and registers
+    partitions, while its fork server imports the data path: none of that may pull in pandas,
+    Arrow or xarray (0.6-0.8 s on the command's critical path)."""
+    modules = [
+        "droughtwatch_assets.cli",
+        "droughtwatch_assets.runs",
+        "droughtwatch_assets.pipeline.discovery",
+        "droughtwatch_assets.defs.partitions",
+    ]
+    assert _imported_with(modules, ("pandas", "pyarrow", "xarray")) == []
+
+
+def test_the_layouts_suffixes_are_the_lakes_encodings():
+    from droughtwatch_assets.pipeline import lake, layout
+
+    assert {a: lake.SUFFIXES[kind] for a, kind in lake.KINDS.items()} == layout.OBJECT_SUFFIXES

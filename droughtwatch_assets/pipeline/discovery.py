@@ -29,7 +29,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from droughtwatch_assets.adapters.storage import ObjectInfo, ObjectNotFound, Store
-from droughtwatch_assets.pipeline.lake import RAW_TFRECORDS, object_key
+from droughtwatch_assets.pipeline.layout import RAW_TFRECORDS, object_key
 
 _SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9._=-]*")
 MAX_KEY_LENGTH = 512

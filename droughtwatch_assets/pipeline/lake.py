@@ -1,4 +1,4 @@
-"""The lake's layout and encodings: where each asset's partition lives and how it is stored.
+"""The lake's encodings: how each asset's partition is stored (``layout`` says where).
 
 One object per asset and partition, ``<asset>/<partition key><suffix>``: xarray Datasets as
 Arrow IPC (``.arrow``), pandas DataFrames as Parquet (``.parquet``), dicts as JSON (``.json``).
@@ -19,20 +19,22 @@ import xarray as xr
 
 from droughtwatch_assets.adapters.storage import Store
 from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
-
-# The assets, by the names their keys, lake folders and Dagster asset keys share.
-RAW_TFRECORDS = "raw_tfrecords"
-FILTERED_IMAGES = "filtered_images"
-SPECTRAL_INDICES = "spectral_indices"
-BATCH_PREDICTIONS = "batch_predictions"
-MONITORING_METRICS = "monitoring_metrics"  # rows in the metrics database, nothing in the lake
-TRAINING_CORPUS = "training_corpus"
-TRAINED_MODEL = "trained_model"
-REGISTERED_MODEL = "registered_model"
-SERVING_MODEL = "serving_model"  # the MLflow registry's champion that scores, nothing in the lake
-DRIFT_BY_DROP_DATE = "drift_by_drop_date"  # a summary of the metrics database, in metadata
-# Assets with no partition: a run over shards (or a variant) materializes them once, not per key.
-UNPARTITIONED = frozenset({TRAINING_CORPUS, SERVING_MODEL, DRIFT_BY_DROP_DATE})
+from droughtwatch_assets.pipeline.layout import (  # the names and keys: this module's too
+    BATCH_PREDICTIONS,
+    DRIFT_BY_DROP_DATE,  # noqa: F401
+    FILTERED_IMAGES,
+    MONITORING_METRICS,  # noqa: F401
+    OBJECT_SUFFIXES,  # noqa: F401
+    RAW_TFRECORDS,
+    REGISTERED_MODEL,  # noqa: F401
+    SERVING_MODEL,  # noqa: F401
+    SPECTRAL_INDICES,
+    TRAINED_MODEL,
+    TRAINING_CORPUS,
+    UNPARTITIONED,  # noqa: F401
+    lake_key,
+    object_key,  # noqa: F401
+)
 
 SUFFIXES = {xr.Dataset: ".arrow", pd.DataFrame: ".parquet", dict: ".json"}
 # What each asset stores per partition (a trained model's own files live in MLflow; the lake
@@ -45,16 +47,6 @@ KINDS: dict[str, type] = {
     TRAINING_CORPUS: dict,
     TRAINED_MODEL: dict,
 }
-
-
-def lake_key(asset: str, partition: str | None, suffix: str) -> str:
-    """Where an asset's partition lives in the lake: ``<asset>/<partition key><suffix>``."""
-    return f"{asset}/{partition}{suffix}" if partition is not None else f"{asset}{suffix}"
-
-
-def object_key(asset: str, partition: str | None) -> str:
-    """The lake key of an asset's partition, e.g. ``spectral_indices/train/part-r-00012.arrow``."""
-    return lake_key(asset, partition, SUFFIXES[KINDS[asset]])
 
 
 def encode(obj: Any) -> tuple[str, bytes | memoryview]:
