@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import boto3
-from botocore.config import Config
+# boto3 itself (0.15 s to import) only when an S3 store makes its client: the command line and
+# the ingest workers on a local data root never need it.
 from botocore.exceptions import (
     BotoCoreError,
     ClientError,
@@ -359,6 +359,9 @@ def _local_version(st: os.stat_result) -> str:
 
 
 def _s3_client(endpoint_url: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
     config = Config(
         retries={"max_attempts": 5, "mode": "standard"}, connect_timeout=5, read_timeout=60
     )
@@ -465,11 +468,14 @@ class S3Store(Store):
         path = os.fspath(path)
         if not os.path.isfile(path):
             raise FileNotFoundError(f"cannot upload {path} to {self.url(key)}: no such file")
+        client = self.client
+        from boto3.exceptions import S3UploadFailedError  # imported with the client's boto3
+
         try:
-            self.client.upload_file(path, self.bucket, full)
+            client.upload_file(path, self.bucket, full)
         except (ClientError, BotoCoreError) as e:
             raise self._translate(e, "uploading to", key) from e
-        except boto3.exceptions.S3UploadFailedError as e:
+        except S3UploadFailedError as e:
             raise StorageError(f"uploading {path} to {self.url(key)} failed: {e}") from e
         info = self.info(key)
         if info is None:
