@@ -3,7 +3,8 @@
 Runs started here are created the way the UI creates them, from the code location
 ``droughtwatch`` (the same name ``dagster dev`` and ``workspace.yaml`` give it), so they carry
 its origin and job snapshot: the UI lists them under their job, on its timeline, and re-executes
-them like its own. They then execute in this process, as a run worker would.
+them like its own. They then execute as a run worker would: one alone in this process, several
+in worker processes that each create and execute their own batch's run.
 
 A run records which process executes it (``droughtwatch/worker``: host, pid and the process's
 start time). A process that dies mid-run (``kill -9``) cannot say so itself; ``fail_orphaned_runs``
@@ -476,7 +477,7 @@ def _outcomes_of(inst: dg.DagsterInstance, run_id: str, batch: Sequence[str]) ->
     it died before it created the run, a failure for each shard."""
     if inst.get_run_by_id(run_id) is not None:
         return outcomes(inst, run_id, batch)
-    error = "its worker process ended before it created the run"
+    error = "its worker process ended before it created the run (its error is printed above)"
     return [ShardOutcome(key, False, error=error) for key in batch]
 
 
