@@ -82,7 +82,7 @@ def test_build_definitions_takes_everything_from_the_settings_it_is_given(tmp_pa
         }
     )
     defs = build_definitions(given)
-    assert defs.get_sensor_def("drop_sensor").minimum_interval_seconds == 7
+    assert defs.get_sensor_def("drop_sensor").minimum_interval_seconds == 6  # 7 s, less jitter
     limits = json.loads(defs.resolve_job_def("training_job").tags["dagster-k8s/config"])
     assert limits["container_config"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert defs.resources["metrics_db"].url == "sqlite:///elsewhere.db"
@@ -105,7 +105,7 @@ def test_build_definitions_takes_everything_from_the_settings_it_is_given(tmp_pa
     assert sensor_jobs == {"ingest_job", "drop_job"}
 
     defs = build_definitions(from_env)
-    assert defs.get_sensor_def("drop_sensor").minimum_interval_seconds == 30
+    assert defs.get_sensor_def("drop_sensor").minimum_interval_seconds == 29  # 30 s
     assert "dagster-k8s/config" not in defs.resolve_job_def("training_job").tags
     assert defs.resources["metrics_db"].url == dg.EnvVar("DROUGHTWATCH_METRICS_DB_URL")
     assert defs.resources["storage"].data_root == str(tmp_path / "env" / "data")

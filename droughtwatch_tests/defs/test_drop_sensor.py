@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import boto3
 import dagster as dg
 import pytest
 
 from droughtwatch_assets.adapters.storage import StorageError, open_store
+from droughtwatch_assets.defs.ingest.sensors import build_drop_sensor
 from droughtwatch_assets.settings import Settings
 from droughtwatch_tests.defs.helpers import ingest, requested_keys, tick
 
@@ -151,3 +154,32 @@ def test_local_data_root_sensor(local_settings, instance, sample_shard_path):
     store.write_bytes(DROP, sample_shard_path.read_bytes())
     result = tick(local_settings, instance)
     assert list(run_requests(result)) == [DROP]
+
+
+@pytest.mark.parametrize("interval", [5, 10, 30])
+def test_the_daemon_ticks_the_sensor_every_interval_despite_its_loops_jitter(interval):
+    """Dagster's daemon looks every MIN_INTERVAL_LOOP_TIME seconds whether the sensor is due, a
+    little earlier or later each time. Asked with the interval itself, a look 0.3 s early found
+    it not due and the tick waited a whole loop more (10 s instead of 5); the sensor's minimum
+    interval leaves room for that, and still never lets it tick a second sooner than that."""
+    from types import SimpleNamespace
+
+    from dagster._core.scheduler.instigation import SensorInstigatorData
+    from dagster._daemon.sensor import MIN_INTERVAL_LOOP_TIME, is_under_min_interval
+
+    from droughtwatch_assets.defs.ingest.sensors import TICK_JITTER_S
+
+    settings = Settings.from_env({"DROUGHTWATCH_SENSOR_INTERVAL": str(interval)})
+    sensor_def = dg.Definitions(sensors=[build_drop_sensor(settings)]).get_sensor_def("drop_sensor")
+    sensor = SimpleNamespace(min_interval_seconds=sensor_def.minimum_interval_seconds)  # as served
+
+    def due(seconds_since_last_tick: float) -> bool:
+        started = time.time() - seconds_since_last_tick
+        state = SimpleNamespace(
+            instigator_data=SensorInstigatorData(last_tick_start_timestamp=started)
+        )
+        return not is_under_min_interval(state, sensor)
+
+    assert interval % MIN_INTERVAL_LOOP_TIME == 0  # the loop can hit these intervals exactly
+    assert due(interval - 0.3) and due(interval + 0.3)  # a look a little early or late
+    assert not due(interval - TICK_JITTER_S - 0.3)
