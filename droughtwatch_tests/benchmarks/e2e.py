@@ -804,42 +804,50 @@ def target_rows(report: dict[str, Any]) -> list[list[str]]:
 
 WHERE_THE_TIME_GOES = """## Where the remaining time goes
 
-Measured on 2026-12-01 on this machine (2 cores) from the runs' own event timestamps, and with
-py-spy over the whole process tree for the shares.
+Measured on 2026-12-02 on this machine (2 cores) from the runs' own event timestamps, a
+timeline of the command, and py-spy over the whole process tree for the shares. The machine's
+speed drifts by a fifth within an hour (the same `discover --materialize` took 9.4 s and 14 s an
+hour apart); the ratios above compare passes run side by side.
 
-**A shard's cost in a run: about 60 ms of a core.** Of it, the data work (`ingest_one`: read,
-CRC, decode, filters, indices, the Arrow encoding with lz4 and the writes) is about 40 ms under
-load, 31 ms alone; the lz4 encoding is a quarter of it and the indices another. Dagster recording
-the shard's events (3 materializations and 7 check results in the run, 3 planned
-materializations when the run is created) is the rest, about 0.6 ms per event now: one
-serialization, prepared SQL and two commits (`droughtwatch_assets/eventlog.py`). Through
-Dagster's own SQLite code each event cost about 2.8 ms (its SQL built and compiled by
-SQLAlchemy for every event, a materialization serialized twice), and before the pooled event
-log about 25 ms.
+**A shard's cost in a run: about 37 ms of a core alone, 45-50 ms with both cores busy.** The
+data work (`ingest_one`: read, CRC, decode, filters, indices, the Arrow encoding and the
+writes) is about 25 ms of it alone: the indices about 6 ms, the filtered images' Arrow encoding
+(lz4) 3.5 ms and their write 3.5 ms, decoding 2.3 ms, filtering 1.5-2 ms, the indices' encoding
+1 ms. Encoding from the datasets' Variables instead of a DataArray per variable took the two
+encodings from 8.4 ms to 4.5 ms. Dagster recording the shard's events (3 materializations and 7
+check results in the run) is about 10 ms: about 1 ms per event, of which our event log's
+prepared SQL with one serialization and two commits is 0.6 ms and Dagster's own event and
+logging machinery the rest (`droughtwatch_assets/eventlog.py`; through Dagster's own SQLite code
+each event cost about 2.8 ms, and before the pooled event log about 25 ms).
 
-**`discover --materialize`, 300 shards, about 16 s.** About 3 s pass before the first run is
-created: the interpreter and the CLI's imports, listing the data root, the fresh home's
-databases, adding 300 partitions and loading the code location in the command's own process
-(to build the runs as the UI does), while the worker fork server imports it beside them on the
-other core. Creating a run of 150 shards takes 0.5-1 s (its 450 planned events), and a worker
-takes about a second from its fork to its first shard (the instance, `RUN_START`, the execution
-plan). Then two workers run 150 shards each in about 9.5 s, and the command reads each shard's
-outcome back from the event log for its table (about 1 s). 10x the earlier approach is about
-10 s here: the two workers' 9.5 s alone nearly fill it, so it would take a shard's data work
-itself to get cheaper, on top of the fixed start; neither is done.
+**`discover --materialize`, 300 shards, 11.7-13.6 s in this run (9.4-14 s over the day).** The
+worker fork server starts first thing (0.15 s in) and imports the code location and the data
+path: it is ready about 2.5-2.9 s in. Meanwhile the command imports Dagster (not pandas, Arrow or
+xarray), lists the data root and the lake, creates the fresh home's databases and adds the 300
+partitions: about 2.2 s, of which the fresh databases are about 1 s (Dagster stamps each with
+its migrations). Then each of the two workers creates its own batch's run, as the UI does (0.5-0.9
+s: the code location, the execution plan, 450 planned materializations and 1,050 planned check
+rows, the run's database), so the first shard lands about 3.5 s in. The two workers run 150
+shards each in 5.6-7.5 s, read their shards' outcomes back from the event log (0.2-0.4 s) and
+send them to the command, which prints its table and exits without Python's teardown (0.6-1 s
+before). 10x the earlier approach is about 10.8 s here: the 3.5 s start and the shards' 6-8 s
+together are above it. What is left is Dagster's import and a fresh home's migrations before the
+first shard, and Dagster's per-event cost and the data work itself in it; none of them is
+trimmed further.
 
-**The drop sensor, 300 shards into `archive/`, about 12 s.** From the timed upload: the sensor's
-next tick came 0.9 s after it (it waits up to the 5 s interval, 2.5 s on average, so this run
-was quicker than most by about 1.5 s), the daemon created the first run 0.9 s after the upload
-and the second 0.85 s later (each with its planned events), the queue started each within a
-second, and a run's worker began 0.25 s after that: it is a fork of a process that has already
-imported the code (`droughtwatch_assets/launcher.py`). With Dagster's default launcher the code
-server spawned a fresh interpreter for each run, 3.2-3.7 s before its first shard. Then each
-worker ran its 150 shards in about 9 s. `drop_job` runs also score and monitor every shard
-(about 33 s for 150 shards each). A lone drop: the wait for the tick (up to 5 s), a second in
-the queue, 0.3 s to start its worker, then about 3 s of run, of which 2.5 s is finding and
-loading the champion (the MLflow registry lookup and the ONNX session) and under a second the
-shard's own work.
+**The drop sensor, 300 shards into `archive/`, about 16 s.** From the timed upload: the sensor
+ticks every 5 s (it gives Dagster's daemon one second less than its interval: the daemon looks
+every 5 s, a little early or late, and with the interval itself it skipped every other look, so
+ticks came 10 s apart and an upload waited up to 10 s); here the tick came 3 s after the upload,
+the daemon created the first run 1 s later and the second 0.5 s after that (each with its
+planned events), the queue started them 0.3 s and 1.1 s after that, and a run's worker began
+0.3-0.45 s later: it is a fork of a process that has already imported the code
+(`droughtwatch_assets/launcher.py`). With Dagster's default launcher the code server spawned a
+fresh interpreter for each run, 3.2-3.7 s before its first shard. Then each worker ran its 150
+shards in about 9.5 s. `drop_job` runs also score and monitor every shard. A lone drop: the wait
+for the tick (up to 5 s), a second in the queue, 0.3 s to start its worker, then about 3 s of
+run, of which most is finding and loading the champion (the MLflow registry lookup and the ONNX
+session) and under a second the shard's own work.
 
 **A backfill launched from the UI** waits for the daemon's backfill loop, which runs every 30 s
 (Dagster's `DEFAULT_DAEMON_INTERVAL_SECONDS`, not configurable), before its run is requested and
