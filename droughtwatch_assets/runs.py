@@ -327,15 +327,20 @@ def tagged_worker(tag: str) -> tuple[int, bool] | None:
 
 
 def fail_orphaned_runs(inst: dg.DagsterInstance) -> list[str]:
-    """Mark failed the runs that a process on this host was executing and that process is gone
-    (killed, crashed); returns their ids."""
+    """Mark failed the runs that a process on this host was executing (or had created, to
+    execute next) and that process is gone (killed, crashed); returns their ids."""
     import dagster as dg
 
     host = socket.gethostname()
     orphans = []
     records = inst.get_run_records(
         filters=dg.RunsFilter(
-            statuses=[dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.STARTING],
+            # NOT_STARTED: a worker killed between creating its batch's run and executing it.
+            statuses=[
+                dg.DagsterRunStatus.NOT_STARTED,
+                dg.DagsterRunStatus.STARTING,
+                dg.DagsterRunStatus.STARTED,
+            ],
             tags={TRIGGER_TAG: "cli"},
         )
     )

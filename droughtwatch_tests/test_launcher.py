@@ -6,6 +6,7 @@ import dataclasses
 import os
 import shutil
 import signal
+import subprocess
 import sys
 import threading
 import time
@@ -245,3 +246,17 @@ def test_a_worker_that_died_before_its_run_existed_fails_its_shards(home):
     [outcome] = runs._outcomes_of(runs.instance(), "no-such-run", ["train/part-r-00000"])
     assert not outcome.ok
     assert outcome.error.startswith("its worker process ended before it created the run")
+
+
+def test_a_run_whose_worker_died_before_executing_it_is_failed(home):
+    """A worker killed between creating its batch's run and executing it leaves the run not
+    started: the next command marks it failed, as it does a run killed mid-way."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    tag = runs.worker_tag(sleeper.pid)
+    sleeper.kill()
+    sleeper.wait()
+    run = runs.create_run("ingest_job", ["train/part-r-00000"], tags={runs.WORKER_TAG: tag})
+    inst = runs.instance()
+    assert inst.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.NOT_STARTED
+    assert runs.fail_orphaned_runs(inst) == [run.run_id]
+    assert inst.get_run_by_id(run.run_id).status == dg.DagsterRunStatus.FAILURE
