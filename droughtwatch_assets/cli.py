@@ -586,17 +586,19 @@ def entry() -> None:
     Tearing down the ~1,800 modules Dagster brings costs 0.6-1 s after every command, with
     nothing left to do: the threads a normal exit waits for are joined, exit handlers run
     (multiprocessing's, logging's) and output is flushed first. An exception, or argparse's
-    exit, leaves the normal way."""
-    code = main()
+    exit, leaves the normal way; a reader that went away (`droughtwatch ... | head`) ends the
+    command quietly, as Python's documentation recommends."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing more to write
+        code = 1
     for thread in threading.enumerate():
         if thread is not threading.current_thread() and not thread.daemon:
             thread.join()
     atexit._run_exitfuncs()  # noqa: SLF001 (what a normal exit calls; no public name)
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except BrokenPipeError:  # `droughtwatch ... | head`
-        code = code or 1
+    sys.stderr.flush()
     os._exit(code)
 
 

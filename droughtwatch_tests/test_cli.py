@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from droughtwatch_assets.adapters.storage import open_store
@@ -96,3 +99,22 @@ def test_an_ingest_run_imports_no_tensorflow_keras_or_mlflow(tmp_path: Path, sam
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert (tmp_path / "lake" / "spectral_indices" / "train" / "part-r-00000.arrow").exists()
+
+
+def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path):
+    """`droughtwatch home | head -1`: the command stops with status 1 and no traceback."""
+    env = {
+        **os.environ,
+        "DROUGHTWATCH_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+    }
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("droughtwatch")), "home"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    proc.stdout.close()  # the reader is gone before the command writes its first line
+    stderr = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
