@@ -118,3 +118,21 @@ def test_a_reader_that_goes_away_ends_the_command_quietly(tmp_path: Path):
     stderr = proc.stderr.read().decode()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in stderr and "BrokenPipeError" not in stderr, stderr
+
+
+def test_the_console_exit_stops_thread_pools_and_runs_exit_handlers(tmp_path: Path):
+    """The console entry skips Python's teardown but not what comes before it: an idle thread
+    pool (MLflow keeps one) is stopped instead of waited for forever, and exit handlers run."""
+    marker = tmp_path / "exit-handler-ran"
+    code = (
+        "import atexit, concurrent.futures, sys\n"
+        "from droughtwatch_assets import cli\n"
+        "pool = concurrent.futures.ThreadPoolExecutor(1)\n"
+        "pool.submit(print, 'pool used')\n"
+        f"atexit.register(lambda: open({str(marker)!r}, 'w').close())\n"
+        "cli.main = lambda: 3\n"
+        "cli.entry()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    assert "pool used" in proc.stdout and marker.exists()
