@@ -18,10 +18,10 @@ before) and changes only how they are opened:
   materialization, a check result) and per check (a planned check, one row per partition of the
   run) are written with prepared SQL on the driver's connection instead of statements SQLAlchemy
   builds and compiles for every event: the same rows in the same tables, in a quarter of the
-  time. Their values come from Dagster's own helpers and its columns'
-  own type conversions; ``droughtwatch_tests/test_eventlog.py`` compares every table this
-  writes with what Dagster's storage writes for the same events, so a Dagster upgrade that
-  changes them fails there. Every other event goes through Dagster's code unchanged.
+  time. Their values come from Dagster's own helpers and its columns' own type conversions;
+  ``droughtwatch_tests/test_eventlog.py`` compares every table this writes with what Dagster's
+  storage writes for the same events, so a Dagster upgrade that changes them fails there. Every
+  other event goes through Dagster's code unchanged.
 
 It is for the embedded, single-machine instance that ``droughtwatch home`` writes; deployments
 use PostgreSQL (``dagster.yaml``).
@@ -288,21 +288,19 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         of the run (a batch's whole range), the event serialized once, not once per row."""
         planned = event.get_dagster_event().event_specific_data
         subset = planned.partitions_subset
+        row = {
+            "asset_key": planned.asset_key.to_string(),
+            "check_name": planned.check_name,
+            "partition": None,
+            "run_id": event.run_id,
+            "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
+            "evaluation_event": event_json,
+            "evaluation_event_timestamp": self._event_insert_timestamp(event),
+            "evaluation_event_storage_id": event_id,
+        }
         statements = self._prepared()
         rows = [
-            statements.insert(
-                AssetCheckExecutionsTable,
-                {
-                    "asset_key": planned.asset_key.to_string(),
-                    "check_name": planned.check_name,
-                    "partition": partition,
-                    "run_id": event.run_id,
-                    "execution_status": AssetCheckExecutionRecordStatus.PLANNED.value,
-                    "evaluation_event": event_json,
-                    "evaluation_event_timestamp": self._event_insert_timestamp(event),
-                    "evaluation_event_storage_id": event_id,
-                },
-            )
+            statements.insert(AssetCheckExecutionsTable, {**row, "partition": partition})
             for partition in (subset.get_partition_keys() if subset else [None])
         ]
         index_db.executemany(rows[0][0], [params for _, params in rows])
