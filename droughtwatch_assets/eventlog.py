@@ -14,6 +14,20 @@ before) and changes only how they are opened:
   a power cut may lose the last events, never corrupt the database;
 - ``store_event_batch`` (used by Dagster for planned events when ``DAGSTER_EVENT_BATCH_SIZE`` is
   set) writes a whole batch in one transaction per database;
+- the events a run writes for each shard as it goes (a materialization per asset, a result per
+  check) are buffered and written together, in one transaction per database: at the latest when
+  FLUSH_EVENTS are waiting or FLUSH_AFTER_S after the first of them (a thread sees to that when
+  the run goes quiet). Any other event of the process (a step's end or failure, a log line) and
+  any read through this storage write the buffer first, so the order of the events and what
+  this process reads are unchanged; other processes (the webserver, the command's progress bar)
+  see them when they are written. The ingest path writes the buffer before a shard's raw report
+  (``write_buffered_events``): that report tells discovery the shard is in, so it never lands
+  before the shard's events, and a run killed outright (``kill -9``) loses at most the events
+  of shards whose report is not written yet, which discovery and re-execution then redo. A
+  shard's ten ingest events cost two commits instead of twenty, and two runs writing at once
+  wait less on each other's lock on the shared index: replaying a 150-shard run's 1,500 shard
+  events in one process, written a shard at a time, took about 0.5 ms per event instead of
+  0.9 ms written one by one;
 - the events a batched run writes per shard and asset (a materialization, a planned
   materialization, a check result) and per check (a planned check, one row per partition of the
   run) are written with prepared SQL on the driver's connection instead of statements SQLAlchemy
@@ -32,6 +46,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -59,6 +74,8 @@ from dagster._time import datetime_from_timestamp
 BUSY_TIMEOUT_S = 30  # Dagster's own SQLITE_BUSY_TIMEOUT_SECONDS
 MAX_ENGINES = 8  # the index, the runs in flight, and the ones the webserver is showing
 EVENT_BATCH_SIZE = 1000
+FLUSH_EVENTS = 50  # a run's buffered per-shard events are written this many at a time ...
+FLUSH_AFTER_S = 0.25  # ... or this long after the first of them, whichever comes first
 
 
 def _set_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
@@ -133,11 +150,26 @@ FAST_EVENTS = frozenset(
 CHECK_EVENTS = frozenset(
     {DagsterEventType.ASSET_CHECK_EVALUATION, DagsterEventType.ASSET_CHECK_EVALUATION_PLANNED}
 )
+# The events a run writes for each shard as it goes (a materialization per asset, a result per
+# check): buffered, then written FLUSH_EVENTS at a time (module docstring).
+BUFFERED_EVENTS = frozenset(
+    {DagsterEventType.ASSET_MATERIALIZATION, DagsterEventType.ASSET_CHECK_EVALUATION}
+)
 
 
 def _driver(conn: db.engine.Connection) -> sqlite3.Connection:
     """The sqlite3 connection under a SQLAlchemy one: statements on it join its transaction."""
     return conn.connection.driver_connection
+
+
+def write_buffered_events(instance: Any) -> None:
+    """Write now the events this process has handed to `instance` and its event log still
+    buffers (the embedded instance's event log buffers a run's per-shard events); nothing to do
+    for any other storage. For what must not be done before its events are in the database: the
+    ingest path's last write, the raw report that tells discovery a shard is in (assets.py)."""
+    storage = instance.event_log_storage
+    if isinstance(storage, PooledSqliteEventLogStorage):
+        storage.flush()
 
 
 class PooledSqliteEventLogStorage(SqliteEventLogStorage):
@@ -150,6 +182,11 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         self._tables: set[str] = set()
         self._statements: _Statements | None = None
         self._connections: dict[str, db.engine.Connection] = {}
+        self._pending: list[EventLogEntry] = []  # buffered events, oldest first
+        self._first_pending = 0.0  # when the oldest arrived (time.monotonic)
+        self._flusher: threading.Thread | None = None
+        self._kick = threading.Event()  # set when an event enters an empty buffer
+        self._disposed = threading.Event()  # ends the flush thread
         # Dagster hands planned events (one per partition of a run) to store_event_batch only
         # when this is set; it is read at each use, so setting it here covers this process.
         os.environ.setdefault("DAGSTER_EVENT_BATCH_SIZE", str(EVENT_BATCH_SIZE))
@@ -196,6 +233,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             yield held[shard]  # inside store_event_batch: its transaction
             return
         with self._db_lock:
+            if held is None and self._pending:
+                self.flush()  # whatever reads or writes next sees the buffered events
             engine = self._engine(shard)
             conn = self._connections.get(shard)
             if conn is None or conn.closed or conn.invalidated:
@@ -226,9 +265,66 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
 
     def store_event(self, event: EventLogEntry) -> None:
         """Dagster's store_event (up to five statements on two databases), in one transaction
-        per database."""
+        per database; a run's per-shard events are buffered and written FLUSH_EVENTS at a
+        time (at most FLUSH_AFTER_S later), every other event after the buffered ones."""
+        dagster_event = event.dagster_event
+        if (
+            dagster_event is not None
+            and dagster_event.event_type in BUFFERED_EVENTS
+            and event.run_id
+            and (dagster_event.asset_key is not None or dagster_event.event_type in CHECK_EVENTS)
+        ):
+            with self._db_lock:
+                if not self._pending:
+                    self._first_pending = time.monotonic()
+                    self._start_flusher()
+                self._pending.append(event)
+                if len(self._pending) >= FLUSH_EVENTS:
+                    self.flush()
+            return
         with self._held([event.run_id, INDEX_SHARD_NAME]):
             self._store(event)
+
+    def flush(self) -> None:
+        """Write the buffered events now, in order, one transaction per database. If that
+        fails, they stay buffered (the next write or read tries again) and the error is raised."""
+        with self._db_lock:
+            events, self._pending = self._pending, []
+            if not events:
+                return
+            try:
+                self.store_event_batch(events)
+            except BaseException:
+                self._pending = events + self._pending
+                raise
+
+    def _start_flusher(self) -> None:
+        """Wake (or start) the thread that writes a buffer FLUSH_AFTER_S after its first event:
+        a run that stops producing events (a slow shard, a hung read) still shows what it did."""
+        self._kick.set()
+        if self._flusher is None or not self._flusher.is_alive():  # none yet, or forked since
+            self._flusher = threading.Thread(
+                target=self._flush_when_due, name="droughtwatch event flush", daemon=True
+            )
+            self._flusher.start()
+
+    def _flush_when_due(self) -> None:
+        while True:
+            self._kick.wait()
+            self._kick.clear()
+            due = self._first_pending + FLUSH_AFTER_S
+            while (wait := due - time.monotonic()) > 0:
+                if self._disposed.wait(wait):
+                    return
+                due = self._first_pending + FLUSH_AFTER_S  # a flush since may have reset it
+            if self._disposed.is_set():
+                return
+            try:
+                with self._db_lock:
+                    if self._pending and self._first_pending + FLUSH_AFTER_S <= time.monotonic():
+                        self.flush()
+            except Exception:  # noqa: BLE001 (kept buffered: the run's next event raises it)
+                pass
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Each event as store_event stores it, all in one transaction per database."""
@@ -358,8 +454,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         return table_name in self._tables
 
     def close_connections(self) -> None:
-        """Close every pooled connection; the next use opens new ones."""
+        """Write the buffered events, then close every pooled connection; the next use opens
+        new ones."""
         with self._db_lock:
+            self.flush()
             for shard in list(self._connections):
                 self._close(shard)
             for engine in self._engines.values():
@@ -367,9 +465,13 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
             self._engines.clear()
 
     def wipe(self) -> None:
+        with self._db_lock:
+            self._pending = []  # their runs are being deleted
         self.close_connections()  # none may go on writing to a deleted run database
         super().wipe()
 
     def dispose(self) -> None:
         self.close_connections()
+        self._disposed.set()
+        self._kick.set()
         super().dispose()

@@ -16,6 +16,7 @@ from dagster._core.events import (
     StepMaterializationData,
 )
 from dagster._core.events.log import EventLogEntry
+from dagster._core.execution.plan.objects import StepSuccessData
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
 from dagster._serdes import serialize_value
 
@@ -299,3 +300,109 @@ def test_a_last_materialization_is_the_events_own_json_wrapped():
     )  # fmt: skip
     record = EventLogRecord(storage_id=1234, event_log_entry=event)
     assert eventlog._record_json(serialize_value(event), 1234) == serialize_value(record)
+
+
+# --- a run's per-shard events are buffered, then written many at a time
+
+RUN = "c0ffee00-0000-4000-8000-000000000000"
+
+
+def _shard_events(count: int) -> list[EventLogEntry]:
+    """What a batch writes as it goes: a materialization and a check result per shard."""
+    events = []
+    for n in range(count):
+        mat = StepMaterializationData(dg.AssetMaterialization("raw", partition=f"s{n}"))
+        result = dg.AssetCheckEvaluation(asset_key=dg.AssetKey("raw"), check_name="valid",
+                                         passed=n != 1, partition=f"s{n}")  # fmt: skip
+        events.append(_entry(RUN, dg.DagsterEventType.ASSET_MATERIALIZATION, mat))
+        events.append(_entry(RUN, dg.DagsterEventType.ASSET_CHECK_EVALUATION, result))
+    return events
+
+
+def _on_disk(base: Path, run_id: str = RUN) -> list[str]:
+    """The event types in the run's database file, in storage order, as another process (the
+    webserver, the command's progress bar) reads them."""
+    path = base / f"{run_id}.db"
+    if not path.exists():
+        return []
+    conn = sqlite3.connect(path)
+    try:
+        rows = conn.execute("SELECT dagster_event_type FROM event_logs ORDER BY id").fetchall()
+    except sqlite3.OperationalError:  # created, no table yet
+        rows = []
+    conn.close()
+    return [row[0] for row in rows]
+
+
+def _step_success() -> EventLogEntry:
+    return _entry(RUN, dg.DagsterEventType.STEP_SUCCESS, StepSuccessData(duration_ms=1.0))
+
+
+@pytest.fixture
+def slow_timer(monkeypatch):
+    """No timed flush during the test: what is written is what the sizes and reads flushed."""
+    monkeypatch.setattr(eventlog, "FLUSH_AFTER_S", 3600.0)
+
+
+def test_shard_events_wait_in_a_buffer_and_a_read_in_the_process_sees_them(tmp_path, slow_timer):
+    storage = PooledSqliteEventLogStorage(str(tmp_path))
+    events = _shard_events(3)
+    for event in events:
+        storage.store_event(event)
+    assert _on_disk(tmp_path) == []  # not written yet: no commit per event
+    # Any read through the storage (Dagster's own, or a check's) writes them first.
+    assert len(storage.get_logs_for_run(RUN)) == len(events)
+    assert _on_disk(tmp_path) == [e.dagster_event_type.value for e in events]
+    storage.dispose()
+
+
+def test_a_full_buffer_and_any_other_event_write_the_buffer_in_order(tmp_path, slow_timer):
+    storage = PooledSqliteEventLogStorage(str(tmp_path))
+    events = _shard_events(eventlog.FLUSH_EVENTS // 2)  # exactly FLUSH_EVENTS events
+    for event in events[:-1]:
+        storage.store_event(event)
+    assert _on_disk(tmp_path) == []
+    storage.store_event(events[-1])
+    assert len(_on_disk(tmp_path)) == eventlog.FLUSH_EVENTS
+    storage.store_event(events[0])
+    storage.store_event(_step_success())  # a step's end: the buffer goes first
+    assert _on_disk(tmp_path)[-2:] == [events[0].dagster_event_type.value, "STEP_SUCCESS"]
+    storage.dispose()
+
+
+def test_a_run_that_goes_quiet_is_written_within_the_flush_delay(tmp_path, monkeypatch):
+    monkeypatch.setattr(eventlog, "FLUSH_AFTER_S", 0.05)
+    storage = PooledSqliteEventLogStorage(str(tmp_path))
+    events = _shard_events(2)
+    for event in events:
+        storage.store_event(event)  # then nothing more: a slow shard, a hung read
+    deadline = time.monotonic() + 10
+    while len(_on_disk(tmp_path)) < len(events) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert len(_on_disk(tmp_path)) == len(events)
+    storage.dispose()
+    storage._flusher.join(5)  # noqa: SLF001
+    assert not storage._flusher.is_alive()  # noqa: SLF001 (disposing ends the flush thread)
+
+
+def test_a_failed_write_keeps_the_buffer_and_the_next_write_lands_it_once(tmp_path, slow_timer):
+    storage = PooledSqliteEventLogStorage(str(tmp_path))
+    events = _shard_events(2)
+    for event in events:
+        storage.store_event(event)
+
+    class Gone(Exception):
+        pass
+
+    def fail(self, batch):
+        raise Gone("database went away")
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(PooledSqliteEventLogStorage, "store_event_batch", fail)
+        with pytest.raises(Gone):
+            storage.store_event(_step_success())  # raised where Dagster writes, not lost
+    assert _on_disk(tmp_path) == []
+    storage.store_event(_step_success())
+    written = _on_disk(tmp_path)
+    assert written == [e.dagster_event_type.value for e in events] + ["STEP_SUCCESS"]
+    storage.dispose()

@@ -242,6 +242,37 @@ def test_a_cli_worker_killed_mid_run_fails_only_its_own_batch(home, monkeypatch)
     assert len(started) == 4 and all(e.outcomes is not None for e in started[1:])
 
 
+def test_a_shards_report_lands_only_once_its_events_are_in_the_database(home, monkeypatch):
+    """The raw report in the lake tells discovery a shard is in, so it is written only once the
+    shard's events are in the event log's files, as another process (the next command, the
+    webserver) reads them: the embedded event log buffers a run's shard events."""
+    import json
+    import sqlite3
+
+    from droughtwatch_assets.defs.ingest.assets import Ingested
+
+    index = Path(os.environ["DAGSTER_HOME"]) / "history" / "runs" / "index.db"
+    found: dict[str, int] = {}
+    commit = Ingested.commit
+
+    def checked(self, lake_store):
+        key = json.loads(bytes(self.report[1]))["key"]
+        conn = sqlite3.connect(index)  # not the run's connection: what another process sees
+        [(found[key],)] = conn.execute(
+            "SELECT count(*) FROM event_logs WHERE partition = ? AND dagster_event_type = ?",
+            (key, "ASSET_MATERIALIZATION"),
+        ).fetchall()
+        conn.close()
+        commit(self, lake_store)
+
+    monkeypatch.setattr(Ingested, "commit", checked)
+    keys = [f"train/part-r-{i:05d}" for i in range(4)]
+    settings = dataclasses.replace(Settings.from_env(), shards_per_run=10)
+    outcomes = runs.run_batches("ingest_job", keys, settings=settings, parallel=1)  # here
+    assert all(o.ok for o in outcomes)
+    assert found == {key: 3 for key in keys}  # raw, filtered and indices, before the report
+
+
 def test_a_worker_that_died_before_its_run_existed_fails_its_shards(home):
     [outcome] = runs._outcomes_of(runs.instance(), "no-such-run", ["train/part-r-00000"])
     assert not outcome.ok

@@ -35,6 +35,7 @@ from droughtwatch_assets.defs.keys import SERVING_MODEL
 from droughtwatch_assets.defs.monitoring import assets as monitoring
 from droughtwatch_assets.defs.partitions import shards
 from droughtwatch_assets.defs.resources import MetricsDbResource, MlflowResource, StorageResource
+from droughtwatch_assets.eventlog import write_buffered_events
 from droughtwatch_assets.pipeline import lake
 from droughtwatch_assets.pipeline.monitoring import quality_shares
 
@@ -267,9 +268,11 @@ def process(
                 ingested = run.ingest_shard(key, todo[key] & INGEST)
                 if ingested is None:
                     continue
-                # Recorded by Dagster before the generator resumes.
+                # Recorded by Dagster before the generator resumes, and written to the event
+                # log before the report that tells discovery the shard is in.
                 yield from run.noting(ingested.events)
                 try:
+                    write_buffered_events(context.instance)
                     ingested.commit(run.lake)
                 except Exception as exc:
                     run.fail(key, exc)
