@@ -548,6 +548,9 @@ WORKER_PRELOAD = (
     "dagster._core.execution.api",
     "dagster._utils.hosted_user_process",
     "dagster._daemon",
+    "dagster._grpc.server",  # loading the code location in a worker (0.03 s)
+    "upath.core",  # the instance's definitions-state storage (0.06 s)
+    "upath.implementations.local",
 )
 
 
