@@ -47,6 +47,16 @@ def test_run_timed_reports_wall_time_and_the_trees_memory(monkeypatch):
     assert timed.peak_mib >= 60  # the 60 MiB the child touched
 
 
+def test_a_timed_pass_without_memory_reads_no_process_tables(monkeypatch):
+    looked = []
+    monkeypatch.setattr(e2e, "tree_pss_mib", lambda pid: looked.append(pid) or 1.0)
+    command = [sys.executable, "-c", "import time; time.sleep(0.7); print('ok')"]
+    timed = e2e.run_timed(command, env={}, timeout=60, memory=False)
+    assert (timed.output.strip(), timed.peak_mib, looked) == ("ok", 0.0, [])
+    assert 0.7 <= timed.seconds < 60
+    assert e2e.run_timed(command, env={}, timeout=60).peak_mib == 1.0 and looked  # sampled
+
+
 def test_run_timed_kills_a_command_past_its_timeout(monkeypatch):
     clock(monkeypatch, 0.0, 61.0)  # the first look after the start is past the timeout
     with pytest.raises(e2e.BenchmarkError, match="took over 60 s"):
