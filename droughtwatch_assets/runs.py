@@ -561,7 +561,7 @@ def worker_context() -> Any:
     if worker_start_method() != "forkserver":
         return multiprocessing.get_context("spawn")
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(list(WORKER_PRELOAD))
+    context.set_forkserver_preload(["droughtwatch_assets.preload"])  # WORKER_PRELOAD, GC off
     return context
 
 

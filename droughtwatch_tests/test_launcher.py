@@ -129,6 +129,30 @@ def _run_of(module: str) -> dg.DagsterRun:
     return dg.DagsterRun(job_name="ingest_job", run_id="r", job_code_origin=origin)
 
 
+def _collector_state(conn) -> None:
+    """Run in a worker: what it inherited from the fork server."""
+    import gc
+
+    conn.send((gc.isenabled(), gc.get_freeze_count(), runs.DEFINITIONS_MODULE in sys.modules))
+    conn.close()
+
+
+@pytest.mark.skipif(runs.worker_start_method() != "forkserver", reason="no forkserver here")
+def test_workers_start_with_the_code_imported_and_frozen_and_the_collector_on():
+    runs.stop_workers()  # a server of this test's own
+    context = runs.worker_context()
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_collector_state, args=(writer,))
+    process.start()
+    writer.close()
+    enabled, frozen, imported = reader.recv()
+    process.join(30)
+    runs.stop_workers()
+    assert imported  # the definitions came with the fork
+    assert enabled  # off only while the server imported them (preload.py)
+    assert frozen > 100_000  # what they allocated, kept out of the workers' collections
+
+
 def test_only_this_projects_runs_are_forked():
     assert launcher.forks_this_run(_run_of(runs.DEFINITIONS_MODULE))
     assert not launcher.forks_this_run(_run_of("someone_elses.definitions"))
