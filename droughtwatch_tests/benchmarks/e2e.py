@@ -834,47 +834,48 @@ WHERE_THE_TIME_GOES = """## Where the remaining time goes
 
 Measured on 2026-12-02 on this machine (2 cores) from the runs' own event timestamps, a
 timeline of the command, and py-spy over the whole process tree for the shares. The machine's
-speed drifts by a fifth within an hour (the same `discover --materialize` took 9.4 s and 14 s an
-hour apart); the ratios above compare passes run side by side.
+speed drifts by a fifth within an hour (the same `discover --materialize` took 7.2 s and 12.6 s
+within the same hour, and the earlier approach 90-108 s over the day); the ratios above
+compare passes run side by side.
 
-**A shard's cost in a run: about 37 ms of a core alone, 45-50 ms with both cores busy.** The
-data work (`ingest_one`: read, CRC, decode, filters, indices, the Arrow encoding and the
-writes) is about 25 ms of it alone: the indices about 6 ms, the filtered images' Arrow encoding
-(lz4) 3.5 ms and their write 3.5 ms, decoding 2.3 ms, filtering 1.5-2 ms, the indices' encoding
-1 ms. Encoding from the datasets' Variables instead of a DataArray per variable took the two
-encodings from 8.4 ms to 4.5 ms. Dagster recording the shard's events (3 materializations and 7
-check results in the run) is about 10 ms: about 1 ms per event, of which our event log's
-prepared SQL with one serialization and two commits is 0.6 ms and Dagster's own event and
-logging machinery the rest (`droughtwatch_assets/eventlog.py`; through Dagster's own SQLite code
-each event cost about 2.8 ms, and before the pooled event log about 25 ms).
+**A shard's cost in a run: about 37 ms of a core alone, 40-50 ms with both cores busy.** In a
+worker, py-spy puts 64 % of the time in the data work (`ingest_one`), 15 % in writing the
+shard's events to the event log, 12 % in Dagster's own event and step machinery, and 9 % in
+creating the run and reading its outcomes back. The data work, timed on its own (one core, the
+real shard): reading 1 ms, CRC and decoding 3 ms, filtering 2.5 ms, the spectral indices 6-8.5
+ms, the filtered images' Arrow encoding (lz4) 4-5 ms and their indices' 1-2 ms, and the writes:
+a new 3 MB file costs about 5 ms on this machine's ext4 disk (1.6 ms on tmpfs), the indices' 1
+MB file 2 ms. The event log writes a shard's ten events (3 materializations, 7 check results)
+together, before the shard's raw report lands: about 0.5 ms per event, of which Dagster's
+serialization is 0.2 ms (0.9 ms per event when each was its own transaction, and the two
+workers queued on each other's lock on the shared index; `droughtwatch_assets/eventlog.py`).
 
-**`discover --materialize`, 300 shards, 11.7-13.6 s in this run (9.4-14 s over the day).** The
-worker fork server starts first thing (0.15 s in) and imports the code location and the data
-path: it is ready about 2.5-2.9 s in. Meanwhile the command imports Dagster (not pandas, Arrow or
-xarray), lists the data root and the lake, creates the fresh home's databases and adds the 300
-partitions: about 2.2 s, of which the fresh databases are about 1 s (Dagster stamps each with
-its migrations). Then each of the two workers creates its own batch's run, as the UI does (0.5-0.9
-s: the code location, the execution plan, 450 planned materializations and 1,050 planned check
-rows, the run's database), so the first shard lands about 3.5 s in. The two workers run 150
-shards each in 5.6-7.5 s, read their shards' outcomes back from the event log (0.2-0.4 s) and
-send them to the command, which prints its table and exits without Python's teardown (0.6-1 s
-before). 10x the earlier approach is about 10.8 s here: the 3.5 s start and the shards' 6-8 s
-together are above it. What is left is Dagster's import and a fresh home's migrations before the
-first shard, and Dagster's per-event cost and the data work itself in it; none of them is
-trimmed further.
+**`discover --materialize`, 300 shards, 8.7-11.2 s in this run.** The worker fork server starts
+first thing (0.15 s in) and imports the code location and the data path with the garbage
+collector off (its collections had cost a fifth of that import's CPU); meanwhile the command
+imports Dagster (not pandas, Arrow or xarray), lists the data root and the lake, creates the
+fresh home's databases (Dagster stamps each with its migrations) and adds the 300 partitions.
+Both are done about 1.9-2.6 s in, the command last. Then each of the two workers creates its
+own batch's run, as the UI does (0.5-0.7 s: the code location, the execution plan, 450 planned
+materializations and 1,050 planned check rows, the run's database), so the first shard lands
+about 2.5-3.3 s in. The two workers run 150 shards each in about 6-6.5 s, read their shards'
+outcomes back from the event log (0.3-0.4 s) and send them to the command, which prints its
+table and exits without Python's teardown. 10x the earlier approach is about 9.3 s here: the
+shards themselves (data work and Dagster's per-event cost, both cores busy) and the 2-2.6 s of
+imports before them are most of it; none of them is trimmed further.
 
-**The drop sensor, 300 shards into `archive/`, about 16 s.** From the timed upload: the sensor
-ticks every 5 s (it gives Dagster's daemon one second less than its interval: the daemon looks
-every 5 s, a little early or late, and with the interval itself it skipped every other look, so
-ticks came 10 s apart and an upload waited up to 10 s); here the tick came 3 s after the upload,
-the daemon created the first run 1 s later and the second 0.5 s after that (each with its
-planned events), the queue started them 0.3 s and 1.1 s after that, and a run's worker began
-0.3-0.45 s later: it is a fork of a process that has already imported the code
-(`droughtwatch_assets/launcher.py`). With Dagster's default launcher the code server spawned a
-fresh interpreter for each run, 3.2-3.7 s before its first shard. Then each worker ran its 150
-shards in about 9.5 s. `drop_job` runs also score and monitor every shard. A lone drop: the wait
-for the tick (up to 5 s), a second in the queue, 0.3 s to start its worker, then about 3 s of
-run, of which most is finding and loading the champion (the MLflow registry lookup and the ONNX
+**The drop sensor, 300 shards into `archive/`, 17-20 s, measured once per run.** From the timed
+upload: the sensor ticks every 5 s (it gives Dagster's daemon one second less than its interval:
+the daemon looks every 5 s, a little early or late, and with the interval itself it skipped
+every other look, so ticks came 10 s apart and an upload waited up to 10 s). Where the tick
+falls moves this path by up to 5 s from run to run: in this run the runs were created 8.5 s
+after the upload began (4 s in the run before, 16.8 s in all, 5.7x), the queue started them
+1.2 s and 2 s after that, each a fork of a process that has already imported the code
+(`droughtwatch_assets/launcher.py`; with Dagster's default launcher the code server spawned a
+fresh interpreter for each run, 3.2-3.7 s before its first shard), and each ran its 150 shards
+in about 9.5 s. `drop_job` runs also score and monitor every shard. A lone drop: the wait for
+the tick (up to 5 s), a second in the queue, 0.3 s to start its worker, then about 3 s of run,
+of which most is finding and loading the champion (the MLflow registry lookup and the ONNX
 session) and under a second the shard's own work.
 
 **A backfill launched from the UI** waits for the daemon's backfill loop, which runs every 30 s
