@@ -870,33 +870,33 @@ together, before the shard's raw report lands: about 0.5 ms per event, of which 
 serialization is 0.2 ms (0.9 ms per event when each was its own transaction, and the two
 workers queued on each other's lock on the shared index; `droughtwatch_assets/eventlog.py`).
 
-**`discover --materialize`, 300 shards, 8.7-11.2 s in this run.** The worker fork server starts
-first thing (0.15 s in) and imports the code location and the data path with the garbage
-collector off (its collections had cost a fifth of that import's CPU); meanwhile the command
-imports Dagster (not pandas, Arrow or xarray), lists the data root and the lake, creates the
-fresh home's databases (Dagster stamps each with its migrations) and adds the 300 partitions.
-Both are done about 1.9-2.6 s in, the command last. Then each of the two workers creates its
-own batch's run, as the UI does (0.5-0.7 s: the code location, the execution plan, 450 planned
-materializations and 1,050 planned check rows, the run's database), so the first shard lands
-about 2.5-3.3 s in. The two workers run 150 shards each in about 6-6.5 s, read their shards'
-outcomes back from the event log (0.3-0.4 s) and send them to the command, which prints its
-table and exits without Python's teardown. 10x the earlier approach is about 9.3 s here: the
+**`discover --materialize`, 300 shards, 9.4-9.8 s in this run (8.7-11.2 s in the one before).**
+The worker fork server starts first thing (0.15 s in) and imports the code location and the data
+path with the garbage collector off (its collections had cost a fifth of that import's CPU);
+meanwhile the command imports Dagster (not pandas, Arrow or xarray), lists the data root and the
+lake, creates the fresh home's databases (Dagster stamps each with its migrations) and adds the
+300 partitions. Both are done about 1.9-2.6 s in, the command last. Then each of the two workers
+creates its own batch's run, as the UI does (0.5-0.7 s: the code location, the execution plan,
+450 planned materializations and 1,050 planned check rows, the run's database), so the first
+shard lands about 2.5-3.3 s in. The two workers run 150 shards each in about 6-6.5 s, read their
+shards' outcomes back from the event log (0.3-0.4 s) and send them to the command, which prints
+its table and exits without Python's teardown. 10x the earlier approach is about 8.7 s here: the
 shards themselves (data work and Dagster's per-event cost, both cores busy) and the 2-2.6 s of
 imports before them are most of it; none of them is trimmed further.
 
-**The drop sensor, 300 shards into `archive/`, 17-20 s, measured once per run.** From the timed
-upload: the sensor ticks every 5 s (it gives Dagster's daemon one second less than its interval:
-the daemon looks every 5 s, a little early or late, and with the interval itself it skipped
-every other look, so ticks came 10 s apart and an upload waited up to 10 s). Where the tick
-falls moves this path by up to 5 s from run to run: in this run the runs were created 8.5 s
-after the upload began (4 s in the run before, 16.8 s in all, 5.7x), the queue started them
-1.2 s and 2 s after that, each a fork of a process that has already imported the code
-(`droughtwatch_assets/launcher.py`; with Dagster's default launcher the code server spawned a
-fresh interpreter for each run, 3.2-3.7 s before its first shard), and each ran its 150 shards
-in about 9.5 s. `drop_job` runs also score and monitor every shard. A lone drop: the wait for
-the tick (up to 5 s), a second in the queue, 0.3 s to start its worker, then about 3 s of run,
-of which most is finding and loading the champion (the MLflow registry lookup and the ONNX
-session) and under a second the shard's own work.
+**The drop sensor, 300 shards into `archive/`, 10.6-12.1 s over three uploads.** From the
+timed upload: the sensor ticks every 5 s (it gives Dagster's daemon one second less than its
+interval: the daemon looks every 5 s, a little early or late, and with the interval itself it
+skipped every other look, so ticks came 10 s apart and an upload waited up to 10 s). Where the
+tick falls moves each upload by up to 5 s, so the path is the median of three (one upload, the
+run before this, waited 8.5 s for its tick and took 20.3 s). In this run the ingest runs were
+created 1.5-4.5 s after each upload, the queue started them 1-1.4 s after that, each a fork of
+a process that has already imported the code (`droughtwatch_assets/launcher.py`; with Dagster's
+default launcher the code server spawned a fresh interpreter for each run, 3.2-3.7 s before its
+first shard), and each ran its 150 shards in 6.4-8.2 s. `drop_job` runs also score and monitor
+every shard. A lone drop: the wait for the tick (up to 5 s), a second in the queue, 0.3 s to
+start its worker, then about 3 s of run, of which most is finding and loading the champion
+(the MLflow registry lookup and the ONNX session) and under a second the shard's own work.
 
 **A backfill launched from the UI** waits for the daemon's backfill loop, which runs every 30 s
 (Dagster's `DEFAULT_DAEMON_INTERVAL_SECONDS`, not configurable), before its run is requested and
