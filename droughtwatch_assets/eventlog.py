@@ -20,10 +20,13 @@ before) and changes only how they are opened:
   the run goes quiet). Any other event of the process (a step's end or failure, a log line) and
   any read through this storage write the buffer first, so the order of the events and what
   this process reads are unchanged; other processes (the webserver, the command's progress bar)
-  see them when they are written. The ingest path writes the buffer before a shard's raw report
-  (``write_buffered_events``): that report tells discovery the shard is in, so it never lands
-  before the shard's events, and a run killed outright (``kill -9``) loses at most the events
-  of shards whose report is not written yet, which discovery and re-execution then redo. A
+  see them when they are written. A buffer that fails as one transaction is written event by
+  event, as Dagster does with a failed batch: one bad event costs only itself, and its error is
+  raised to the writer of the next event (or the reader), after that event is written. The
+  ingest path writes the buffer before a shard's raw report (``write_buffered_events``): that
+  report tells discovery the shard is in, so it never lands before the shard's events, and a
+  run killed outright (``kill -9``) loses at most the events of shards whose report is not
+  written yet, which discovery and re-execution then redo. A
   shard's ten ingest events cost two commits instead of twenty, and two runs writing at once
   wait less on each other's lock on the shared index: replaying a 150-shard run's 1,500 shard
   events in one process, written a shard at a time, took about 0.5 ms per event instead of
@@ -43,6 +46,7 @@ use PostgreSQL (``dagster.yaml``).
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -282,21 +286,46 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 if len(self._pending) >= FLUSH_EVENTS:
                     self.flush()
             return
-        with self._held([event.run_id, INDEX_SHARD_NAME]):
-            self._store(event)
+        with self._db_lock:
+            error = self._flush_first()
+            with self._held([event.run_id, INDEX_SHARD_NAME]):
+                self._store(event)
+        if error is not None:
+            raise error
+
+    def _flush_first(self) -> Exception | None:
+        """Write the buffer before another event; its error is the caller's to raise once that
+        event is written (a bad buffered event must not cost a good one that follows)."""
+        try:
+            self.flush()
+        except Exception as exc:
+            return exc
+        return None
 
     def flush(self) -> None:
         """Write the buffered events now, in order, one transaction per database. If that
-        fails, they stay buffered (the next write or read tries again) and the error is raised."""
+        fails, each is written on its own, as Dagster does with a batch that fails: one bad
+        event does not hold back the others, and the first error is raised once they are
+        written (an event that cannot be written is lost, as it was without the buffer)."""
         with self._db_lock:
             events, self._pending = self._pending, []
             if not events:
                 return
             try:
                 self.store_event_batch(events)
-            except BaseException:
-                self._pending = events + self._pending
-                raise
+            except Exception:
+                self._store_each(events)
+
+    def _store_each(self, events: Sequence[EventLogEntry]) -> None:
+        error: Exception | None = None
+        for event in events:
+            try:
+                with self._held([event.run_id, INDEX_SHARD_NAME]):
+                    self._store(event)
+            except Exception as exc:
+                error = error or exc
+        if error is not None:
+            raise error
 
     def _start_flusher(self) -> None:
         """Wake (or start) the thread that writes a buffer FLUSH_AFTER_S after its first event:
@@ -323,8 +352,8 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 with self._db_lock:
                     if self._pending and self._first_pending + FLUSH_AFTER_S <= time.monotonic():
                         self.flush()
-            except Exception:  # noqa: BLE001 (kept buffered: the run's next event raises it)
-                pass
+            except Exception as exc:  # a thread of its own: no caller to raise to
+                logging.getLogger(__name__).error("writing buffered events failed: %s", exc)
 
     def store_event_batch(self, events: Sequence[EventLogEntry]) -> None:
         """Each event as store_event stores it, all in one transaction per database."""

@@ -385,24 +385,30 @@ def test_a_run_that_goes_quiet_is_written_within_the_flush_delay(tmp_path, monke
     assert not storage._flusher.is_alive()  # noqa: SLF001 (disposing ends the flush thread)
 
 
-def test_a_failed_write_keeps_the_buffer_and_the_next_write_lands_it_once(tmp_path, slow_timer):
+def test_one_event_that_cannot_be_written_does_not_hold_back_the_others(tmp_path, slow_timer):
+    """As Dagster does with a batch that fails: each event on its own, the error raised where
+    Dagster writes (a bad event was lost without the buffer too), the others all written."""
     storage = PooledSqliteEventLogStorage(str(tmp_path))
-    events = _shard_events(2)
+    events = _shard_events(3)
+    bad = events[2]
     for event in events:
         storage.store_event(event)
 
-    class Gone(Exception):
+    class Bad(Exception):
         pass
 
-    def fail(self, batch):
-        raise Gone("database went away")
+    original = PooledSqliteEventLogStorage._store
+
+    def refuse_one(self, event):
+        if event is bad:
+            raise Bad("cannot be written")
+        return original(self, event)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(PooledSqliteEventLogStorage, "store_event_batch", fail)
-        with pytest.raises(Gone):
-            storage.store_event(_step_success())  # raised where Dagster writes, not lost
-    assert _on_disk(tmp_path) == []
-    storage.store_event(_step_success())
-    written = _on_disk(tmp_path)
-    assert written == [e.dagster_event_type.value for e in events] + ["STEP_SUCCESS"]
+        patch.setattr(PooledSqliteEventLogStorage, "_store", refuse_one)
+        with pytest.raises(Bad):
+            storage.store_event(_step_success())  # a step's end writes the buffer first
+        storage.store_event(_step_success())  # the bad one is not tried again
+    kinds = [e.dagster_event_type.value for e in events]
+    assert _on_disk(tmp_path) == kinds[:2] + kinds[3:] + ["STEP_SUCCESS"] * 2
     storage.dispose()
