@@ -12,16 +12,20 @@ forking): the workers' own collections skip it, and its pages stay shared with t
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import importlib
 
 
 def preload(names: tuple[str, ...]) -> None:
+    """Import `names`, skipping one that is not there, as the fork server skips a preload
+    module (the workers then import what they need themselves)."""
     enabled = gc.isenabled()
     gc.disable()
     try:
         for name in names:
-            importlib.import_module(name)
+            with contextlib.suppress(ImportError):
+                importlib.import_module(name)
     finally:
         gc.freeze()
         if enabled:

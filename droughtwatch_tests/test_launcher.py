@@ -153,6 +153,17 @@ def test_workers_start_with_the_code_imported_and_frozen_and_the_collector_on():
     assert frozen > 100_000  # what they allocated, kept out of the workers' collections
 
 
+def test_a_preload_module_that_is_gone_is_skipped_as_the_fork_server_skips_it():
+    """(In a process of its own: importing preload freezes the importer's objects.)"""
+    script = (
+        "import gc, sys; import droughtwatch_assets.preload as p; "
+        "p.preload(('no_such_module_here', 'colorsys')); "
+        "print(gc.isenabled(), 'colorsys' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "True"]  # the rest imported, the collector back on
+
+
 def test_only_this_projects_runs_are_forked():
     assert launcher.forks_this_run(_run_of(runs.DEFINITIONS_MODULE))
     assert not launcher.forks_this_run(_run_of("someone_elses.definitions"))
