@@ -161,6 +161,18 @@ BUFFERED_EVENTS = frozenset(
 )
 
 
+def _run_asset_event(event: EventLogEntry, kinds: frozenset[DagsterEventType]) -> bool:
+    """Whether `event` is one of `kinds`, written by a run (runless events take Dagster's own
+    path), and about an asset (a check's asset is in its data)."""
+    dagster_event = event.dagster_event
+    return (
+        dagster_event is not None
+        and dagster_event.event_type in kinds
+        and bool(event.run_id)
+        and (dagster_event.asset_key is not None or dagster_event.event_type in CHECK_EVENTS)
+    )
+
+
 def _driver(conn: db.engine.Connection) -> sqlite3.Connection:
     """The sqlite3 connection under a SQLAlchemy one: statements on it join its transaction."""
     return conn.connection.driver_connection
@@ -271,13 +283,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         """Dagster's store_event (up to five statements on two databases), in one transaction
         per database; a run's per-shard events are buffered and written FLUSH_EVENTS at a
         time (at most FLUSH_AFTER_S later), every other event after the buffered ones."""
-        dagster_event = event.dagster_event
-        if (
-            dagster_event is not None
-            and dagster_event.event_type in BUFFERED_EVENTS
-            and event.run_id
-            and (dagster_event.asset_key is not None or dagster_event.event_type in CHECK_EVENTS)
-        ):
+        if _run_asset_event(event, BUFFERED_EVENTS):
             with self._db_lock:
                 if not self._pending:
                     self._first_pending = time.monotonic()
@@ -362,15 +368,10 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 self._store(event)
 
     def _store(self, event: EventLogEntry) -> None:
-        dagster_event = event.dagster_event
-        if (
-            dagster_event is None
-            or dagster_event.event_type not in FAST_EVENTS
-            or not event.run_id  # runless events take Dagster's own path
-            or (dagster_event.asset_key is None and dagster_event.event_type not in CHECK_EVENTS)
-        ):
+        if not _run_asset_event(event, FAST_EVENTS):
             super().store_event(event)
             return
+        dagster_event = event.get_dagster_event()
         connections = self._open.connections
         run_db = _driver(connections[event.run_id])
         index = connections[INDEX_SHARD_NAME]

@@ -16,6 +16,8 @@ import contextlib
 import gc
 import importlib
 
+from droughtwatch_assets.runs import WORKER_PRELOAD  # light: no Dagster, no data
+
 
 def preload(names: tuple[str, ...]) -> None:
     """Import `names`, skipping one that is not there, as the fork server skips a preload
@@ -31,7 +33,5 @@ def preload(names: tuple[str, ...]) -> None:
         if enabled:
             gc.enable()
 
-
-from droughtwatch_assets.runs import WORKER_PRELOAD  # noqa: E402 (light: no Dagster, no data)
 
 preload(WORKER_PRELOAD)
