@@ -130,3 +130,31 @@ def test_a_transient_fault_on_one_shard_is_retried_for_that_shard_alone(
         if e.step_materialization_data.materialization.asset_key.path == ["raw_tfrecords"]
     ]
     assert sorted(raw) == KEYS  # once each, never twice
+
+
+def test_a_chunk_whose_events_cannot_be_written_gets_no_reports(corpus, instance, monkeypatch):
+    """A raw report tells discovery its shard is in, so it is written only after the events of
+    the shard's chunk: when those cannot be written, no shard of the chunk gets its report, the
+    run fails naming each of them, and discovery then finds them all again."""
+    from droughtwatch_assets.defs import shards
+    from droughtwatch_assets.pipeline.discovery import already_ingested_in, full_scan
+
+    Path(corpus.data_root, BAD).unlink()  # five good shards this time
+    copy_sample(Path(corpus.data_root), BAD, Path(corpus.data_root, KEYS[0]))
+
+    def failing(_instance) -> None:
+        raise RuntimeError("the event log is gone (simulated)")
+
+    monkeypatch.setattr(shards, "write_buffered_events", failing)
+    [request] = tick(corpus, instance).run_requests
+    result = execute_request(corpus, instance, request)
+    assert not result.success
+    [failure] = [e for e in result.all_events if e.is_step_failure]
+    message = failure.step_failure_data.error.message
+    assert f"{len(KEYS)} problem(s) in this run" in message
+    for key in KEYS:
+        assert f"{key}: the event log is gone (simulated)" in message
+    lake = open_store(corpus.lake)
+    assert not any(lake.exists(f"raw_tfrecords/{key}.json") for key in KEYS)
+    found, _ = full_scan(open_store(corpus.data_root), already_ingested=already_ingested_in(lake))
+    assert sorted(f.key for f in found) == KEYS
