@@ -85,6 +85,45 @@ FLUSH_EVENTS = 200
 FLUSH_AFTER_S = 1.0  # ... or this long after the first of them, whichever comes first
 
 
+def share_alembic_scripts() -> None:
+    """Load Dagster's migration scripts once per process, not once per database touched.
+
+    Dagster's SQLite storages check each database's schema revision when they open it, and stamp
+    a new one (the run, event, index and schedule databases of a new home; each run's own event
+    database): every check and stamp builds a new alembic ``ScriptDirectory`` and reads the 90
+    migration scripts again, about 0.03 s a time. A fresh home's instance did that seven times,
+    each run worker three to five times. One directory is now shared by every config that points
+    at Dagster's scripts (its storages' alembic.ini files are the same file): they are files of
+    the installed Dagster, which does not change under a running process. Any other config, and
+    a subclass, is built afresh as before. Idempotent; called when this module is imported, which
+    the embedded instance does before its event log storage exists, and by the command line
+    before it builds any instance."""
+    from alembic.script import ScriptDirectory
+    from dagster._core.storage.sql import ALEMBIC_SCRIPTS_LOCATION
+
+    original = ScriptDirectory.__dict__["from_config"]
+    if getattr(original, "_droughtwatch_shared", False):
+        return
+    shared: list[ScriptDirectory] = []
+    lock = threading.Lock()
+
+    def from_config(cls, config):
+        if cls is not ScriptDirectory or (
+            config.get_main_option("script_location") != ALEMBIC_SCRIPTS_LOCATION
+        ):
+            return original.__func__(cls, config)
+        with lock:
+            if not shared:
+                shared.append(original.__func__(cls, config))
+            return shared[0]
+
+    from_config._droughtwatch_shared = True  # type: ignore[attr-defined]
+    ScriptDirectory.from_config = classmethod(from_config)  # type: ignore[method-assign]
+
+
+share_alembic_scripts()
+
+
 def _set_pragmas(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA synchronous=NORMAL")

@@ -164,6 +164,9 @@ def instance() -> dg.DagsterInstance:
 def _instance(dagster_home: str) -> dg.DagsterInstance:
     import dagster as dg
 
+    from droughtwatch_assets.eventlog import share_alembic_scripts
+
+    share_alembic_scripts()  # before the first storage opens its database
     return dg.DagsterInstance.from_config(dagster_home)
 
 

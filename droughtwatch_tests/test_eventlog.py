@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import dagster as dg
 import pytest
+from alembic.script import ScriptDirectory
 from dagster._core.event_api import EventLogRecord
 from dagster._core.events import (
     AssetCheckEvaluationPlanned,
@@ -18,6 +22,8 @@ from dagster._core.events import (
 from dagster._core.events.log import EventLogEntry
 from dagster._core.execution.plan.objects import StepSuccessData
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from dagster._core.storage.runs.sqlite import sqlite_run_storage
+from dagster._core.storage.sql import get_alembic_config
 from dagster._serdes import serialize_value
 
 from droughtwatch_assets import eventlog, runs
@@ -412,3 +418,63 @@ def test_one_event_that_cannot_be_written_does_not_hold_back_the_others(tmp_path
     kinds = [e.dagster_event_type.value for e in events]
     assert _on_disk(tmp_path) == kinds[:2] + kinds[3:] + ["STEP_SUCCESS"] * 2
     storage.dispose()
+
+
+def test_a_fresh_home_reads_dagsters_migration_scripts_once(tmp_path: Path):
+    """Dagster checks or stamps the schema revision of every database it opens, each time from a
+    new alembic ScriptDirectory that reads all the migration scripts again: a fresh home's
+    instance and a run's own database read them once per process here, and every database is
+    stamped at Dagster's head revision as before."""
+    script = """
+import sqlite3, sys
+from pathlib import Path
+from alembic.script import ScriptDirectory
+loads = []
+real = ScriptDirectory._load_revisions
+def counted(self):
+    loads.append(1)
+    return real(self)
+ScriptDirectory._load_revisions = counted
+from droughtwatch_assets import eventlog, runs
+eventlog.share_alembic_scripts()  # installing it twice changes nothing
+inst = runs.instance()
+with inst.event_log_storage.run_connection("a-run-id"):  # a run's own database
+    pass
+for db in sorted(Path(sys.argv[1]).rglob("*.db")):
+    [(rev,)] = sqlite3.connect(db).execute("select version_num from alembic_version").fetchall()
+    print(db.name, rev)
+print("loads", len(loads))
+"""
+    env = {
+        **os.environ,
+        "DROUGHTWATCH_HOME": str(tmp_path),
+        "DAGSTER_HOME": str(tmp_path / "dagster"),
+    }
+    lines = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        env=env, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()  # fmt: skip
+    head = ScriptDirectory.from_config(get_alembic_config(sqlite_run_storage.__file__))
+    revision = head.as_revision_number("head")
+    assert sorted(lines[:-1]) == sorted(
+        f"{name} {revision}" for name in ("runs.db", "schedules.db", "index.db", "a-run-id.db")
+    )
+    assert lines[-1] == "loads 1"  # not once per check or stamp: seven times for these four
+
+
+def test_only_dagsters_migration_scripts_are_shared(tmp_path: Path):
+    """Dagster's script directory is built once; another project's, or a subclass's, afresh."""
+    from alembic.config import Config
+
+    eventlog.share_alembic_scripts()
+    dagsters = get_alembic_config(sqlite_run_storage.__file__)
+    assert ScriptDirectory.from_config(dagsters) is ScriptDirectory.from_config(dagsters)
+
+    class Other(ScriptDirectory):
+        pass
+
+    assert Other.from_config(dagsters) is not Other.from_config(dagsters)
+    (tmp_path / "versions").mkdir()
+    other = Config()
+    other.set_main_option("script_location", str(tmp_path))
+    assert ScriptDirectory.from_config(other) is not ScriptDirectory.from_config(other)
