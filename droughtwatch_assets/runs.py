@@ -201,11 +201,7 @@ def outcomes(inst: dg.DagsterInstance, run_id: str, keys: Sequence[str]) -> list
     by_key = {key: ShardOutcome(key, True) for key in keys}
     materialized: dict[str, set[str]] = {key: set() for key in keys}
     failure_lines: list[str] = []
-    kinds = {
-        dg.DagsterEventType.ASSET_MATERIALIZATION,
-        dg.DagsterEventType.ASSET_CHECK_EVALUATION,
-        dg.DagsterEventType.STEP_FAILURE,
-    }
+    kinds = {dg.DagsterEventType.ASSET_MATERIALIZATION, dg.DagsterEventType.STEP_FAILURE}
     for record in inst.all_logs(run_id, of_type=kinds):
         event = record.dagster_event
         if event is None:
@@ -217,23 +213,22 @@ def outcomes(inst: dg.DagsterInstance, run_id: str, keys: Sequence[str]) -> list
                 materialized[mat.partition].add(name)
                 for label, value in mat.metadata.items():
                     by_key[mat.partition].metadata[f"{name}.{label}"] = _value(value)
-        elif event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
-            evaluation = event.asset_check_evaluation_data
-            outcome = by_key.get(evaluation.partition)
-            if outcome is None or evaluation.passed:
-                continue
-            name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
-            if evaluation.severity == dg.AssetCheckSeverity.WARN:
-                outcome.warned_checks.append(name)
-            else:
-                outcome.failed_checks.append(name)
-                outcome.ok = False
-                outcome.error = outcome.error or (evaluation.description or "")
         elif event.is_step_failure:
             data = event.step_failure_data
             failure = data.user_failure_data
             text = (failure.description if failure else None) or _root_cause(data.error)
             failure_lines = [line for line in text.splitlines() if line.strip()]
+    for evaluation in _failed_checks(inst, run_id):
+        outcome = by_key.get(evaluation.partition)
+        if outcome is None:
+            continue
+        name = f"{evaluation.asset_key.to_user_string()}:{evaluation.check_name}"
+        if evaluation.severity == dg.AssetCheckSeverity.WARN:
+            outcome.warned_checks.append(name)
+        else:
+            outcome.failed_checks.append(name)
+            outcome.ok = False
+            outcome.error = outcome.error or (evaluation.description or "")
     if run.status == dg.DagsterRunStatus.SUCCESS:
         return list(by_key.values())
     expected = _planned_assets(inst, run)
@@ -246,6 +241,47 @@ def outcomes(inst: dg.DagsterInstance, run_id: str, keys: Sequence[str]) -> list
             outcome.ok = False
             outcome.error = general[-1] if general else f"run {run.status.value.lower()}"
     return list(by_key.values())
+
+
+def _failed_checks(inst: dg.DagsterInstance, run_id: str) -> list:
+    """The run's failed check evaluations, in the order they were recorded.
+
+    Dagster's SQL event logs (SQLite, PostgreSQL) index every check execution with its status:
+    the failed ones are a few rows there, where the run's events hold every evaluation (seven a
+    shard, most of what reading the outcomes cost). Any other storage: from the run's events."""
+    import dagster as dg
+    import sqlalchemy as sa
+    from dagster._core.storage.asset_check_execution_record import (
+        AssetCheckExecutionRecordStatus,
+    )
+    from dagster._core.storage.event_log.schema import AssetCheckExecutionsTable as Executions
+    from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+    from dagster._serdes import deserialize_value
+
+    storage = inst.event_log_storage
+    if not isinstance(storage, SqlEventLogStorage):
+        kind = dg.DagsterEventType.ASSET_CHECK_EVALUATION
+        return [
+            record.dagster_event.asset_check_evaluation_data
+            for record in inst.all_logs(run_id, of_type=kind)
+            if record.dagster_event and not record.dagster_event.asset_check_evaluation_data.passed
+        ]
+    query = (
+        sa.select(Executions.c.evaluation_event)
+        .where(
+            Executions.c.run_id == run_id,
+            Executions.c.execution_status == AssetCheckExecutionRecordStatus.FAILED.value,
+        )
+        .order_by(Executions.c.evaluation_event_storage_id)
+    )
+    with storage.index_connection() as conn:
+        rows = conn.execute(query).fetchall()
+    evaluations = []
+    for (text,) in rows:
+        event = deserialize_value(text, dg.EventLogEntry).dagster_event
+        if event is not None and event.event_type == dg.DagsterEventType.ASSET_CHECK_EVALUATION:
+            evaluations.append(event.asset_check_evaluation_data)
+    return evaluations
 
 
 def _planned_assets(inst: dg.DagsterInstance, run: dg.DagsterRun) -> set[str]:
@@ -281,8 +317,14 @@ def _current_code_location():
     import droughtwatch_assets.definitions as module
 
     if Settings.from_env() != module.SETTINGS:
+        from dagster._core.definitions.reconstruct import ReconstructableJob
+
         importlib.reload(module)
         _code_location.cache_clear()
+        # Dagster keeps the last definitions it loaded for a job's origin, which the reload
+        # does not change: a run executed here would get the old settings' resources.
+        ReconstructableJob.get_repository_definition.cache_clear()
+        ReconstructableJob.get_definition.cache_clear()
     return _code_location(os.environ["DAGSTER_HOME"])
 
 

@@ -308,6 +308,37 @@ def test_a_shards_report_lands_only_once_its_events_are_in_the_database(home, mo
     assert found == {key: 3 for key in keys}  # raw, filtered and indices, before the report
 
 
+def test_outcomes_name_each_shards_failed_and_warned_checks(home, monkeypatch):
+    """A run's outcomes read its failed check results from the event log's index of check
+    executions (a few rows, not every evaluation): the bad shard is failed by name with its
+    check's reason, the others warn, and a storage without that index, read from every check
+    event, gives the same outcomes."""
+    from dagster._core.storage.event_log import sql_event_log
+
+    from droughtwatch_assets.defs.ingest import checks as ingest_checks
+
+    keys = [f"train/part-r-{i:05d}" for i in range(3)]
+    bad = home / "data" / keys[1]
+    bad.write_bytes(bad.read_bytes()[:100_000])  # cut mid-record
+    monkeypatch.setattr(ingest_checks, "BLANK_WARN_FRACTION", -1.0)  # every kept shard warns
+    settings = dataclasses.replace(Settings.from_env(), shards_per_run=10)
+    outcomes = runs.run_batches("ingest_job", keys, settings=settings, parallel=1)  # here
+
+    by_key = {o.key: o for o in outcomes}
+    assert not by_key[keys[1]].ok
+    assert "raw_tfrecords:schema_and_labels" in by_key[keys[1]].failed_checks
+    assert by_key[keys[1]].error  # the check's description: why the shard does not decode
+    assert by_key[keys[1]].warned_checks == []  # it never reached the filter
+    for key in (keys[0], keys[2]):
+        assert by_key[key].ok and by_key[key].failed_checks == [], by_key[key]
+        assert by_key[key].warned_checks == ["filtered_images:blank_fraction"]
+    inst = runs.instance()
+    [run] = inst.get_runs()
+    assert runs.outcomes(inst, run.run_id, keys) == outcomes
+    monkeypatch.setattr(sql_event_log, "SqlEventLogStorage", type("NotSql", (), {}))
+    assert runs.outcomes(inst, run.run_id, keys) == outcomes
+
+
 def test_a_worker_that_died_before_its_run_existed_fails_its_shards(home):
     [outcome] = runs._outcomes_of(runs.instance(), "no-such-run", ["train/part-r-00000"])
     assert not outcome.ok
