@@ -49,10 +49,16 @@ KINDS: dict[str, type] = {
 }
 
 
-def encode(obj: Any) -> tuple[str, bytes | memoryview]:
-    """The suffix and bytes an object is stored as."""
+# How each asset's Datasets are compressed where not "lz4": the spectral indices' int8 maps
+# hardly compress (lz4 saved 1 % of their bytes for about 0.45 ms a shard, a tenth of their
+# ingest), where the filtered images' smooth bands shrink by about a fifth.
+COMPRESSION: dict[str, str | None] = {SPECTRAL_INDICES: None}
+
+
+def encode(obj: Any, *, compression: str | None = "lz4") -> tuple[str, bytes | memoryview]:
+    """The suffix and bytes an object is stored as (`compression`: an xarray Dataset's)."""
     if isinstance(obj, xr.Dataset):
-        return ".arrow", dataset_to_arrow(obj)
+        return ".arrow", dataset_to_arrow(obj, compression=compression)
     if isinstance(obj, pd.DataFrame):
         sink = pa.BufferOutputStream()
         pq.write_table(pa.Table.from_pandas(obj, preserve_index=False), sink)
@@ -79,7 +85,7 @@ def write(lake: Store, asset: str, partition: str | None, obj: Any) -> tuple[str
 
 def prepare(asset: str, partition: str | None, obj: Any) -> tuple[str, bytes | memoryview]:
     """The key and bytes `write` would store, for a write made later."""
-    suffix, data = encode(obj)
+    suffix, data = encode(obj, compression=COMPRESSION.get(asset, "lz4"))
     return lake_key(asset, partition, suffix), data
 
 

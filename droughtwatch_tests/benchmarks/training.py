@@ -32,6 +32,7 @@ from droughtwatch_assets.core.tfrecord import IMAGE_SIDE, LABEL_FEATURE
 from droughtwatch_assets.core.training import ShardSource, shard_features
 from droughtwatch_assets.core.variants import Variant, get_variant
 from droughtwatch_assets.pipeline.corpus import shard_sources
+from droughtwatch_assets.pipeline.lake import COMPRESSION as LAKE_COMPRESSION
 from droughtwatch_tests.benchmarks.ingest import (
     DEFAULT_CACHE,
     DEFAULT_RECORDS_PER_SHARD,
@@ -56,7 +57,9 @@ DEFAULT_DOCS = Path("docs/benchmarks-training.md")
 COMMAND = ".venv/bin/python -m droughtwatch_tests.benchmarks.training"
 LAKE_MANIFEST = "lake.json"  # written last: a lake folder without it is incomplete
 # What the lake's objects were written with: a cached lake from another codec is rebuilt.
-LAKE_CODEC = f"arrow-v{CODEC_VERSION}-lz4-acceleration-{LZ4_ACCELERATION}"
+LAKE_CODEC = f"arrow-v{CODEC_VERSION}-lz4-acceleration-{LZ4_ACCELERATION}-" + ",".join(
+    f"{asset}:{codec}" for asset, codec in sorted(LAKE_COMPRESSION.items())
+)
 SEED_FORMAT_MANIFEST = "seed-format.json"
 PHASES = ("lake", "memory", "tfrecord")
 PHASE_NAMES = {
