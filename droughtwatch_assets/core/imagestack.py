@@ -36,6 +36,9 @@ CODEC_VERSION = 1
 # lz4 "acceleration": Arrow passes a negative compression level to lz4 as -acceleration.
 LZ4_ACCELERATION = 64
 _ARROW_NATIVE_KINDS = "biuf"  # 1-D dtypes stored as ordinary Arrow columns
+# The band coordinate and its index, built once: building the index with each shard's dataset
+# cost as much as the rest of the dataset (indexes are immutable, so datasets can share one).
+_BAND = xr.Coordinates({"band": np.array(BANDS)})
 
 
 def image_dataset(
@@ -72,17 +75,21 @@ def image_dataset(
         if n:
             raise ValueError(f"ids must be a unicode array, got dtype {per_image['ids'].dtype}")
         per_image["ids"] = per_image["ids"].astype(str)  # np.array([]) is float64
+    coords = xr.Coordinates(
+        {
+            "band": _BAND.variables["band"],
+            "id": (IMAGE_DIM, per_image["ids"]),
+            "label": (IMAGE_DIM, per_image["labels"].astype(np.int8)),
+        },
+        indexes=_BAND.xindexes,
+    )
     return xr.Dataset(
         data_vars={
             "pixels": ((IMAGE_DIM, "band", "y", "x"), images),
             "cloud_fraction": (IMAGE_DIM, per_image["cloud_fraction"].astype(np.float32)),
             "cloudy": (IMAGE_DIM, per_image["cloudy"].astype(bool)),
         },
-        coords={
-            "band": ("band", np.array(BANDS)),
-            "id": (IMAGE_DIM, per_image["ids"]),
-            "label": (IMAGE_DIM, per_image["labels"].astype(np.int8)),
-        },
+        coords=coords,
         attrs=dict(attrs or {}),
     )
 
