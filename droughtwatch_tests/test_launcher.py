@@ -153,6 +153,46 @@ def test_workers_start_with_the_code_imported_and_frozen_and_the_collector_on():
     assert frozen > 100_000  # what they allocated, kept out of the workers' collections
 
 
+def _page_faults_of_reused_buffers(conn) -> None:
+    """Run in a worker: the page faults of twenty shards' worth of buffers, each shard five of
+    4 MB (about a thousand pages each) held together, then freed, as a shard's are."""
+    import resource
+
+    import numpy as np
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(20):
+        buffers = [np.ones(4 << 20, np.uint8) for _ in range(5)]
+        del buffers
+    conn.send(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+    conn.close()
+
+
+@pytest.mark.skipif(runs.worker_start_method() != "forkserver", reason="no forkserver here")
+def test_workers_reuse_the_memory_they_free():
+    """By default glibc gives buffers this large back to the kernel when they are freed, and the
+    kernel faults in each of their pages again for the next: in the workers, freed memory stays
+    in the heap for the next shard."""
+    if not _glibc():
+        pytest.skip("not glibc")
+    runs.stop_workers()  # a server of this test's own
+    context = runs.worker_context()
+    reader, writer = context.Pipe(duplex=False)
+    process = context.Process(target=_page_faults_of_reused_buffers, args=(writer,))
+    process.start()
+    writer.close()
+    faults = reader.recv()
+    process.join(30)
+    runs.stop_workers()
+    assert faults < 5_000  # about 40,000 when each buffer is mapped afresh
+
+
+def _glibc() -> bool:
+    import platform
+
+    return platform.libc_ver()[0] == "glibc"
+
+
 def test_a_preload_module_that_is_gone_is_skipped_as_the_fork_server_skips_it():
     """(In a process of its own: importing preload freezes the importer's objects.)"""
     script = (
