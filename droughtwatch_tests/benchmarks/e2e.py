@@ -699,6 +699,11 @@ def _median_of(passes: Sequence[float] | None) -> str:
     return f", median of {len(passes)} ({', '.join(f'{x:.1f}' for x in passes)} s)"
 
 
+def _seconds(passes: Sequence[dict[str, Any]]) -> list[float]:
+    """The passes' times, in the order they ran (each after the other side's pass)."""
+    return [p["seconds"] for p in passes if "seconds" in p]
+
+
 def path_rows(report: dict[str, Any]) -> list[list[str]]:
     d, s = report["discover"], report["served"]
     base = d["baseline_records_per_s"]
@@ -708,10 +713,10 @@ def path_rows(report: dict[str, Any]) -> list[list[str]]:
         return [name, f"{seconds:.1f} s", f"{rate:,.0f}", f"{rate / base:.1f}x"]
 
     rows = [
-        row(f"earlier approach (tf.data), median of {len(d['baseline'])}", d["records"],
+        row("earlier approach (tf.data)" + _median_of(_seconds(d["baseline"])), d["records"],
             d["baseline_median_seconds"]),
-        row(f"`droughtwatch discover --materialize`, median of {len(d['ours'])}", d["records"],
-            d["median_seconds"]),
+        row("`droughtwatch discover --materialize`" + _median_of(_seconds(d["ours"])),
+            d["records"], d["median_seconds"]),
         row(f"drop sensor under `dagster dev`, shards into `{ARCHIVE}/`: upload to all in the "
             f"lake{_median_of(s['sensor_ingest'].get('passes'))}", s["records"],
             s["sensor_ingest"]["seconds"]),
@@ -852,35 +857,41 @@ WHERE_THE_TIME_GOES = """## Where the remaining time goes
 
 Measured on 2026-12-02 on this machine (2 cores) from the runs' own event timestamps, a
 timeline of the command, and py-spy over the whole process tree for the shares. The machine's
-speed drifts by a fifth within an hour (the same `discover --materialize` took 7.2 s and 12.6 s
-within the same hour, and the earlier approach 90-108 s over the day); the ratios above
-compare passes run side by side.
+speed drifts by a fifth within an hour (earlier the same day, the same `discover --materialize`
+took 8.4-10.7 s and the earlier approach 91-102 s; in this run 6.8-8.4 s and 77-83 s); the
+ratios above compare passes run side by side.
 
-**A shard's cost in a run: about 37 ms of a core alone, 40-50 ms with both cores busy.** In a
-worker, py-spy puts 64 % of the time in the data work (`ingest_one`), 15 % in writing the
-shard's events to the event log, 12 % in Dagster's own event and step machinery, and 9 % in
-creating the run and reading its outcomes back. The data work, timed on its own (one core, the
-real shard): reading 1 ms, CRC and decoding 3 ms, filtering 2.5 ms, the spectral indices 6-8.5
-ms, the filtered images' Arrow encoding (lz4) 4-5 ms and their indices' 1-2 ms, and the writes:
-a new 3 MB file costs about 5 ms on this machine's ext4 disk (1.6 ms on tmpfs), the indices' 1
-MB file 2 ms. The event log writes a shard's ten events (3 materializations, 7 check results)
-together, before the shard's raw report lands: about 0.5 ms per event, of which Dagster's
-serialization is 0.2 ms (0.9 ms per event when each was its own transaction, and the two
-workers queued on each other's lock on the shared index; `droughtwatch_assets/eventlog.py`).
+**A shard's cost in a run: about 35-40 ms of a core with both cores busy.** In a worker, py-spy
+puts 66 % of the time in the data work (`ingest_one`), 13 % in writing the shards' events to
+the event log, 12 % in Dagster's own event and step machinery, and 9 % in creating the run and
+reading its outcomes back. The data work, timed on its own (one core, the real shard): reading
+1-2 ms, CRC and decoding 3-4 ms, filtering 1.7 ms, the spectral indices 6-8 ms, the filtered
+images' Arrow encoding (lz4) 3.5-5 ms and their indices' 1 ms (stored without lz4, which saved
+them 1 % of their bytes for 0.45 ms), and the writes: a new 3 MB file costs about 1.5-5 ms on
+this machine's ext4 disk. The workers keep the memory they free for the next shard
+(`droughtwatch_assets/preload.py`): with glibc's defaults the kernel faulted in every page of a
+shard's dozen 1-4 MB buffers again, about 345,000 page faults and 1.3-1.8 s of system time per
+150 shards, now 20,000 and 0.8 s. The event log writes the ten events of each of eight shards
+(3 materializations, 7 check results a shard) together, before those shards' raw reports land:
+about 0.4-0.55 ms per event, of which Dagster's serialization is 0.2 ms (0.7 ms written a shard
+at a time, 0.9 ms each in its own transaction; `droughtwatch_assets/eventlog.py`).
 
-**`discover --materialize`, 300 shards, 9.4-9.8 s in this run (8.7-11.2 s in the one before).**
-The worker fork server starts first thing (0.15 s in) and imports the code location and the data
-path with the garbage collector off (its collections had cost a fifth of that import's CPU);
-meanwhile the command imports Dagster (not pandas, Arrow or xarray), lists the data root and the
-lake, creates the fresh home's databases (Dagster stamps each with its migrations) and adds the
-300 partitions. Both are done about 1.9-2.6 s in, the command last. Then each of the two workers
-creates its own batch's run, as the UI does (0.5-0.7 s: the code location, the execution plan,
-450 planned materializations and 1,050 planned check rows, the run's database), so the first
-shard lands about 2.5-3.3 s in. The two workers run 150 shards each in about 6-6.5 s, read their
-shards' outcomes back from the event log (0.3-0.4 s) and send them to the command, which prints
-its table and exits without Python's teardown. 10x the earlier approach is about 8.7 s here: the
-shards themselves (data work and Dagster's per-event cost, both cores busy) and the 2-2.6 s of
-imports before them are most of it; none of them is trimmed further.
+**`discover --materialize`, 300 shards, 6.8-8.4 s in this run (8.4-9.2 s timed alone later).**
+The worker fork server starts first thing (0.15 s in), sets the allocator and imports the code
+location and the data path with the garbage collector off (its collections had cost a fifth of
+that import's CPU); meanwhile the command imports Dagster (not pandas, Arrow or xarray), lists
+the data root and the lake, creates the fresh home's databases (Dagster checks and stamps each
+with its 90 migration scripts, now read once per process instead of seven times) and adds the
+300 partitions. Both are done about 2.1-2.7 s in, the server last more often than not. Then
+each of the two workers creates its own batch's run, as the UI does (0.35-0.55 s: the code
+location, the execution plan, 450 planned materializations and 1,050 planned check rows, the
+run's database), so the first shard lands about 2.7-3.3 s in. The two workers run 150 shards
+each in about 5-5.7 s, read their outcomes back (0.1-0.2 s: the materializations, and only the
+failed check results, from the event log's check index) and send them to the command, which
+prints its table and exits without Python's teardown. The two workers' batches are fixed when
+their runs are created, so when one core is slower the other waits at the end (0.1-0.9 s in
+the timelines above). What is left is the shards themselves (data work and Dagster's per-event
+cost) and the 2.1-2.7 s of imports before them.
 
 **The drop sensor, 300 shards into `archive/`, 10.6-12.1 s over three uploads.** From the
 timed upload: the sensor ticks every 5 s (it gives Dagster's daemon one second less than its
