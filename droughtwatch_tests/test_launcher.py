@@ -12,6 +12,7 @@ import threading
 import time
 from multiprocessing import forkserver
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import pytest
@@ -137,17 +138,23 @@ def _collector_state(conn) -> None:
     conn.close()
 
 
-@pytest.mark.skipif(runs.worker_start_method() != "forkserver", reason="no forkserver here")
-def test_workers_start_with_the_code_imported_and_frozen_and_the_collector_on():
-    runs.stop_workers()  # a server of this test's own
+def _in_a_new_worker(target) -> Any:
+    """What `target(conn)` sends, run in a worker of a fork server of this test's own."""
+    runs.stop_workers()
     context = runs.worker_context()
     reader, writer = context.Pipe(duplex=False)
-    process = context.Process(target=_collector_state, args=(writer,))
+    process = context.Process(target=target, args=(writer,))
     process.start()
     writer.close()
-    enabled, frozen, imported = reader.recv()
+    sent = reader.recv()
     process.join(30)
     runs.stop_workers()
+    return sent
+
+
+@pytest.mark.skipif(runs.worker_start_method() != "forkserver", reason="no forkserver here")
+def test_workers_start_with_the_code_imported_and_frozen_and_the_collector_on():
+    enabled, frozen, imported = _in_a_new_worker(_collector_state)
     assert imported  # the definitions came with the fork
     assert enabled  # off only while the server imported them (preload.py)
     assert frozen > 100_000  # what they allocated, kept out of the workers' collections
@@ -175,15 +182,7 @@ def test_workers_reuse_the_memory_they_free():
     in the heap for the next shard."""
     if not _glibc():
         pytest.skip("not glibc")
-    runs.stop_workers()  # a server of this test's own
-    context = runs.worker_context()
-    reader, writer = context.Pipe(duplex=False)
-    process = context.Process(target=_page_faults_of_reused_buffers, args=(writer,))
-    process.start()
-    writer.close()
-    faults = reader.recv()
-    process.join(30)
-    runs.stop_workers()
+    faults = _in_a_new_worker(_page_faults_of_reused_buffers)
     assert faults < 5_000  # about 40,000 when each buffer is mapped afresh
 
 
