@@ -857,9 +857,9 @@ WHERE_THE_TIME_GOES = """## Where the remaining time goes
 
 Measured on 2026-12-02 on this machine (2 cores) from the runs' own event timestamps, a
 timeline of the command, and py-spy over the whole process tree for the shares. The machine's
-speed drifts by a fifth within an hour (earlier the same day, the same `discover --materialize`
-took 8.4-10.7 s and the earlier approach 91-102 s; in this run 6.8-8.4 s and 77-83 s); the
-ratios above compare passes run side by side.
+speed drifts by a fifth within an hour (within this run, `discover --materialize` took 6.2-8.6
+s and the earlier approach 72-86 s; in the run half an hour before, 6.8-8.4 s and 77-83 s, for
+11.0x), so the ratios above compare passes run side by side.
 
 **A shard's cost in a run: about 35-40 ms of a core with both cores busy.** In a worker, py-spy
 puts 66 % of the time in the data work (`ingest_one`), 13 % in writing the shards' events to
@@ -876,7 +876,7 @@ shard's dozen 1-4 MB buffers again, about 345,000 page faults and 1.3-1.8 s of s
 about 0.4-0.55 ms per event, of which Dagster's serialization is 0.2 ms (0.7 ms written a shard
 at a time, 0.9 ms each in its own transaction; `droughtwatch_assets/eventlog.py`).
 
-**`discover --materialize`, 300 shards, 6.8-8.4 s in this run (8.4-9.2 s timed alone later).**
+**`discover --materialize`, 300 shards, 6.2-8.6 s in this run (8.4-9.2 s timed alone).**
 The worker fork server starts first thing (0.15 s in), sets the allocator and imports the code
 location and the data path with the garbage collector off (its collections had cost a fifth of
 that import's CPU); meanwhile the command imports Dagster (not pandas, Arrow or xarray), lists
@@ -893,19 +893,19 @@ their runs are created, so when one core is slower the other waits at the end (0
 the timelines above). What is left is the shards themselves (data work and Dagster's per-event
 cost) and the 2.1-2.7 s of imports before them.
 
-**The drop sensor, 300 shards into `archive/`, 10.6-12.1 s over three uploads.** From the
-timed upload: the sensor ticks every 5 s (it gives Dagster's daemon one second less than its
+**The drop sensor, 300 shards into `archive/`, 8.1-13.8 s over three uploads in this run.** From
+the timed upload: the sensor ticks every 5 s (it gives Dagster's daemon one second less than its
 interval: the daemon looks every 5 s, a little early or late, and with the interval itself it
 skipped every other look, so ticks came 10 s apart and an upload waited up to 10 s). Where the
-tick falls moves each upload by up to 5 s, so the path is the median of three (one upload, the
-run before this, waited 8.5 s for its tick and took 20.3 s). In this run the ingest runs were
-created 1.5-4.5 s after each upload, the queue started them 1-1.4 s after that, each a fork of
-a process that has already imported the code (`droughtwatch_assets/launcher.py`; with Dagster's
+tick falls moves each upload by up to 5 s, so the path is the median of three (on 2026-12-01 one
+upload waited 8.5 s for its tick and took 20.3 s). In a run on 2026-12-01 the ingest runs were
+created 1.5-4.5 s after each upload, the queue started them 1-1.4 s after that, each a fork of a
+process that has already imported the code (`droughtwatch_assets/launcher.py`; with Dagster's
 default launcher the code server spawned a fresh interpreter for each run, 3.2-3.7 s before its
 first shard), and each ran its 150 shards in 6.4-8.2 s. `drop_job` runs also score and monitor
 every shard. A lone drop: the wait for the tick (up to 5 s), a second in the queue, 0.3 s to
-start its worker, then about 3 s of run, of which most is finding and loading the champion
-(the MLflow registry lookup and the ONNX session) and under a second the shard's own work.
+start its worker, then about 3 s of run, of which most is finding and loading the champion (the
+MLflow registry lookup and the ONNX session) and under a second the shard's own work.
 
 **A backfill launched from the UI** waits for the daemon's backfill loop, which runs every 30 s
 (Dagster's `DEFAULT_DAEMON_INTERVAL_SECONDS`, not configurable), before its run is requested and
