@@ -25,7 +25,6 @@ from typing import Any
 import numpy as np
 
 from droughtwatch_assets.adapters.storage import LocalStore, ObjectNotFound
-from droughtwatch_assets.core.imagestack import dataset_to_arrow
 from droughtwatch_assets.core.synthetic import generate_shard, iter_benchmark_shards
 from droughtwatch_assets.core.tfrecord import BAND_BYTES, BANDS, IMAGE_SIDE, LABEL_FEATURE
 from droughtwatch_assets.pipeline.ingest import (
@@ -37,7 +36,7 @@ from droughtwatch_assets.pipeline.lake import (
     FILTERED_IMAGES,
     RAW_TFRECORDS,
     SPECTRAL_INDICES,
-    object_key,
+    prepare,
 )
 
 # Shards of this many records are generated; bigger corpora reuse them under new names,
@@ -259,24 +258,21 @@ def ingest_shard(data_root: str, lake_root: str, key: str) -> ShardOutcome:
     if decoded is None:
         raise ValueError(f"invalid shard {key}: {report.error}")
     lap(STEPS[0])
-    lake.write_bytes(
-        object_key(RAW_TFRECORDS, key),
-        json.dumps(report.to_dict(), indent=1, sort_keys=True).encode(),
-    )
+    lake.write_bytes(*prepare(RAW_TFRECORDS, key, report.to_dict()))
     lap(STEPS[1])
     filtered, stats = filter_shard(decoded)
     del decoded
     lap(STEPS[2])
-    filtered_data = dataset_to_arrow(filtered)
-    lake.write_bytes(object_key(FILTERED_IMAGES, key), filtered_data)
+    filtered_key, filtered_data = prepare(FILTERED_IMAGES, key, filtered)
+    lake.write_bytes(filtered_key, filtered_data)
     filtered_bytes = len(filtered_data)
     del filtered_data
     lap(STEPS[3])
     indices = shard_indices(filtered)
     del filtered
     lap(STEPS[4])
-    indices_data = dataset_to_arrow(indices)
-    lake.write_bytes(object_key(SPECTRAL_INDICES, key), indices_data)
+    indices_key, indices_data = prepare(SPECTRAL_INDICES, key, indices)
+    lake.write_bytes(indices_key, indices_data)
     lap(STEPS[5])
     return ShardOutcome(
         key=key,
@@ -798,8 +794,9 @@ Total benchmark time: {report["total_seconds"] / 60:.1f} minutes.
   `spectral_indices`) does, with the project's own functions and without Dagster: read from a
   `LocalStore` data root, `validate_raw_shard` (decode once, both CRCs per record, a CRC-32C of
   the file), store the report as JSON in the lake, `filter_shard` (cloud policy `flag`),
-  `dataset_to_arrow` + `write_bytes`, `shard_indices` on the filtered images in memory,
-  `dataset_to_arrow` + `write_bytes`. Asset checks and Dagster's own overhead are not included.
+  `lake.prepare` (encoded as the lake stores each asset) + `write_bytes`, `shard_indices` on
+  the filtered images in memory, `lake.prepare` + `write_bytes`. Asset checks and Dagster's own
+  overhead are not included.
   Shards run on a `ProcessPoolExecutor` (2 workers: both cores; and 1 worker), each worker
   taking whole shards; {s["repeats"]} runs each on the
   {corpus["records"]:,}-record corpus, interleaved with the baseline's runs (2 workers, 1

@@ -6,6 +6,7 @@ import pytest
 
 from droughtwatch_assets.adapters.storage import LocalStore
 from droughtwatch_assets.core.imagestack import dataset_from_arrow
+from droughtwatch_assets.pipeline import lake as lake_module
 from droughtwatch_tests.benchmarks import ingest as bench
 
 RECORDS, PER_SHARD = 300, 100
@@ -59,6 +60,10 @@ def test_ingest_shard_stores_what_the_assets_store(corpus: bench.Corpus, tmp_pat
     assert outcome.kept == filtered.sizes["image"] == indices.sizes["image"] > 0
     assert outcome.filtered_bytes + outcome.indices_bytes == bench.lake_bytes(tmp_path)
     assert set(outcome.steps) == set(bench.STEPS)
+    # Encoded as the assets encode them (lake.prepare: the indices without lz4, for one).
+    for asset, ds in (("filtered_images", filtered), ("spectral_indices", indices)):
+        stored = lake.read_bytes(f"{asset}/{key}.arrow")
+        assert stored == bytes(lake_module.prepare(asset, key, ds)[1]), asset
 
 
 def test_phases_report_throughput_bytes_and_memory(corpus: bench.Corpus, tmp_path: Path) -> None:
