@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 from droughtwatch_assets.core.images import filter_images
-from droughtwatch_assets.core.imagestack import dataset_from_arrow, dataset_to_arrow
+from droughtwatch_assets.core.imagestack import dataset_from_arrow
 from droughtwatch_assets.core.indices import index_dataset
 from droughtwatch_assets.core.synthetic import generate_ids, generate_images
 from droughtwatch_assets.core.training import (
@@ -28,6 +28,7 @@ from droughtwatch_assets.core.training import (
     train_variant,
 )
 from droughtwatch_assets.core.variants import VARIANTS, Variant, VariantError, with_overrides
+from droughtwatch_assets.pipeline import lake
 
 pytestmark = pytest.mark.filterwarnings(
     # Keras' own np.array(tensor) calls under numpy 2; nothing in this project's code.
@@ -52,8 +53,8 @@ def make_shard(records: int, seed: int, unlabelled: int = 0) -> tuple[xr.Dataset
 
 def lake_source(key: str, filtered: xr.Dataset, indices: xr.Dataset) -> ShardSource:
     """A source that decodes Arrow bytes on every load, as reading the lake would."""
-    filtered_bytes = bytes(dataset_to_arrow(filtered))
-    indices_bytes = bytes(dataset_to_arrow(indices))
+    filtered_bytes = bytes(lake.prepare(lake.FILTERED_IMAGES, key, filtered)[1])
+    indices_bytes = bytes(lake.prepare(lake.SPECTRAL_INDICES, key, indices)[1])
     return ShardSource(
         key, lambda: (dataset_from_arrow(filtered_bytes), dataset_from_arrow(indices_bytes))
     )
@@ -164,12 +165,12 @@ def test_lake_sources_count_their_labelled_images_and_give_the_stream_a_known_le
     from droughtwatch_assets.adapters.storage import LocalStore
     from droughtwatch_assets.pipeline.corpus import shard_sources
 
-    lake = LocalStore(tmp_path / "lake")
+    store = LocalStore(tmp_path / "lake")
     shards = {f"train/part-r-{i:05d}": make_shard(30, 200 + i, unlabelled=4 * i) for i in range(3)}
     for key, (filtered, indices) in shards.items():
-        lake.write_bytes(f"filtered_images/{key}.arrow", dataset_to_arrow(filtered))
-        lake.write_bytes(f"spectral_indices/{key}.arrow", dataset_to_arrow(indices))
-    sources = shard_sources(lake, list(shards), SMALL)
+        store.write_bytes(*lake.prepare(lake.FILTERED_IMAGES, key, filtered))
+        store.write_bytes(*lake.prepare(lake.SPECTRAL_INDICES, key, indices))
+    sources = shard_sources(store, list(shards), SMALL)
     expected = [int((f["label"].values >= 0).sum()) for f, _ in shards.values()]
     assert [s.labelled() for s in sources] == expected and len(set(expected)) > 1
 
