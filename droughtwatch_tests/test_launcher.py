@@ -104,7 +104,15 @@ def test_a_code_change_starts_a_new_server_before_the_next_run(home, tmp_path, m
 
 
 def test_terminating_a_launched_run_cancels_it(home):
-    keys = [f"train/part-r-{i:05d}" for i in range(40)]
+    """The shard op retries transient faults, and Dagster applies an op's retry policy to an
+    interrupt too: the first interrupts become retries, and the launcher interrupts again every
+    INTERRUPT_AGAIN_S until one lands while the step waits to retry, which cancels the run. The
+    run must outlast that (a few seconds): 200 shards, the fixture's 40 five times over."""
+    for copy in range(40, 200):  # hard links: no more disk
+        source = home / "data" / "train" / f"part-r-{copy % 40:05d}"
+        os.link(source, home / "data" / "train" / f"part-r-{copy:05d}")
+    assert main(["discover"]) == 0
+    keys = [f"train/part-r-{i:05d}" for i in range(200)]
     inst, run = _launch(keys)
     deadline = time.monotonic() + 60
     # Once its shards are landing (an interrupt before the step's code runs is Dagster's to
