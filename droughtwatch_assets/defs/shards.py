@@ -260,19 +260,27 @@ def process(
     finished = 0
     for chunk in _chunks(keys, CHUNK):
         ingested_chunk: list[tuple[str, ingest.Ingested]] = []
-        for key in chunk:
-            if not todo[key]:
-                continue
-            ingested = ingest.Ingested()
-            if todo[key] & INGEST:
-                ingested = run.ingest_shard(key, todo[key] & INGEST)
-                if ingested is None:
+        try:
+            for key in chunk:
+                if not todo[key]:
                     continue
-                # Recorded by Dagster before the generator resumes.
-                yield from run.noting(ingested.events)
-                if not todo[key] & SCORING:
-                    ingested.filtered = ingested.indices = None  # only its report is kept
-            ingested_chunk.append((key, ingested))
+                ingested = ingest.Ingested()
+                if todo[key] & INGEST:
+                    ingested = run.ingest_shard(key, todo[key] & INGEST)
+                    if ingested is None:
+                        continue
+                    # Recorded by Dagster before the generator resumes.
+                    yield from run.noting(ingested.events)
+                    if not todo[key] & SCORING:
+                        ingested.filtered = ingested.indices = None  # only its report is kept
+                ingested_chunk.append((key, ingested))
+        except BaseException:
+            # Interrupted mid-chunk (a terminate, which Dagster turns into a retry first): the
+            # shards whose events are recorded get their reports too, or a retry, which skips
+            # what materialized, would leave them without one.
+            for _ in _committed(run, ingested_chunk):
+                pass
+            raise
         scoring = []
         for key, ingested in _committed(run, ingested_chunk):
             if todo[key] & SCORING and no_champion is None:

@@ -158,3 +158,40 @@ def test_a_chunk_whose_events_cannot_be_written_gets_no_reports(corpus, instance
     assert not any(lake.exists(f"raw_tfrecords/{key}.json") for key in KEYS)
     found, _ = full_scan(open_store(corpus.data_root), already_ingested=already_ingested_in(lake))
     assert sorted(f.key for f in found) == KEYS
+
+
+def test_a_run_interrupted_mid_chunk_keeps_the_reports_of_what_it_recorded(
+    corpus, instance, monkeypatch
+):
+    """A terminate interrupts the step in the middle of a chunk, and Dagster turns the interrupt
+    into a retry (the op's retry policy). The shards whose events were recorded before it are
+    skipped by the retry, so they must have their raw reports (what discovery and scoring read)
+    already: every shard ends with its report and each asset materialized once."""
+    from dagster._core.errors import DagsterExecutionInterruptedError
+
+    from droughtwatch_assets.defs.ingest import assets as ingest_assets
+
+    Path(corpus.data_root, BAD).unlink()  # five good shards this time
+    copy_sample(Path(corpus.data_root), BAD, Path(corpus.data_root, KEYS[0]))
+    real = ingest_assets.ingest_one
+    calls: list[str] = []
+
+    def interrupted_once(key, *args, **kwargs):
+        calls.append(key)
+        if len(calls) == 3:  # the third shard of the first attempt: mid-chunk
+            raise DagsterExecutionInterruptedError()
+        return real(key, *args, **kwargs)
+
+    monkeypatch.setattr(ingest_assets, "ingest_one", interrupted_once)
+    [request] = tick(corpus, instance).run_requests
+    result = execute_request(corpus, instance, request)
+    assert result.success
+    assert calls == [*KEYS[:3], *KEYS[2:]]  # the retry redid only the interrupted shard on
+    lake = open_store(corpus.lake)
+    assert all(lake.exists(f"raw_tfrecords/{key}.json") for key in KEYS)
+    raw = [
+        e.step_materialization_data.materialization.partition
+        for e in result.get_asset_materialization_events()
+        if e.step_materialization_data.materialization.asset_key.path == ["raw_tfrecords"]
+    ]
+    assert sorted(raw) == KEYS  # once each, never twice
